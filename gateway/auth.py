@@ -1,0 +1,70 @@
+"""Request checks shared by routes: run ids, per-run tokens, API keys, resume ids."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Header, HTTPException, Path, Query, Request
+
+from gateway.state import GatewayState, get_state
+from shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
+from shared.tokens import TokenError, verify_token
+
+
+def bearer(authorization: str | None) -> str | None:
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None
+
+
+def valid_run_id(run_id: Annotated[str, Path(max_length=64)]) -> str:
+    try:
+        return check_run_id(run_id)
+    except BadRunId as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def readable_run(
+    run_id: Annotated[str, Depends(valid_run_id)],
+    state: Annotated[GatewayState, Depends(get_state)],
+    token: Annotated[str | None, Query(max_length=512, description="the run's subscribe token")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """The run id, once the caller has shown that run's token (query or bearer header)."""
+    try:
+        verify_token(state.secret, token or bearer(authorization), run_id)
+    except TokenError as exc:
+        raise HTTPException(exc.status_code, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    return run_id
+
+
+def require_api_key(
+    state: Annotated[GatewayState, Depends(get_state)],
+    authorization: Annotated[str | None, Header()] = None,
+) -> str | None:
+    """When RUNCAST_API_KEYS is set, creating and cancelling runs needs one of them as a bearer token."""
+    keys = state.settings.api_keys
+    if not keys:
+        return None
+    given = bearer(authorization)
+    if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+        raise HTTPException(
+            401, "a valid API key is required: Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"}
+        )
+    return given
+
+
+def resume_id(
+    request: Request,
+    last_event_id: Annotated[str | None, Query(max_length=64, description="resume after this event id")] = None,
+) -> str | None:
+    """The resume point: the `Last-Event-ID` header, else `?last_event_id=`; validated strictly."""
+    value = request.headers.get("last-event-id") or last_event_id
+    if value is None or value == "":
+        return None
+    try:
+        parse_entry_id(value)
+    except BadEntryId as exc:
+        raise HTTPException(400, f"bad Last-Event-ID: {exc}") from None
+    return value

@@ -1,0 +1,69 @@
+"""Where a subscriber's entries come from: its backlog, then the live tail, as batches ending at the terminal event.
+
+`EventFeed` is the seam between the HTTP layer and Redis. `DirectFeed` gives every subscriber its own XREAD loop
+(simple, and the benchmark's `naive` mode); the fan-out hub implements the same protocol with one reader per run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from shared.streamlog import TERMINAL_STATUSES, Entry, Reset, StreamLog
+
+Batch = list[Entry] | Reset
+
+
+class EventFeed(Protocol):
+    def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
+        """Yield a Reset (at most once, first) when `after_id` was trimmed, then batches of entries after
+        `after_id` in order, with no gap and no duplicate; stop after the batch holding the terminal entry."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class DirectFeed:
+    """One XRANGE for the backlog, then one blocking XREAD loop per subscriber."""
+
+    def __init__(self, stream_log: StreamLog, block_ms: int = 5_000, backlog_count: int = 1_000) -> None:
+        self.stream_log = stream_log
+        self.block_ms = block_ms
+        self.backlog_count = backlog_count
+
+    async def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
+        reset = await self.stream_log.check_gap(run_id, after_id)
+        if reset is not None:
+            yield reset
+        last_id = after_id
+        while True:  # backlog, in pages
+            entries = await self.stream_log.read_after(run_id, last_id, count=self.backlog_count)
+            if not entries:
+                break
+            yield entries
+            if entries[-1].is_terminal:
+                return
+            last_id = entries[-1].id
+        if await self._ended_at(run_id, last_id):
+            return
+        while True:  # live
+            entries = await self.stream_log.tail(run_id, last_id, self.block_ms)
+            if not entries:
+                if await self.stream_log.get_meta(run_id) is None:
+                    return  # the run expired under us
+                continue
+            yield entries
+            if entries[-1].is_terminal:
+                return
+            last_id = entries[-1].id
+
+    async def _ended_at(self, run_id: str, last_id: str) -> bool:
+        """True when the run has ended and nothing after `last_id` is left to read. The status turns terminal
+        in the same atomic step that appends the terminal entry, so one read after seeing it is enough."""
+        meta = await self.stream_log.get_meta(run_id)
+        if meta is None or meta.get("status") in TERMINAL_STATUSES:
+            return not await self.stream_log.read_after(run_id, last_id, count=1)
+        return False
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,130 @@
+"""Tail a run: Server-Sent Events and WebSocket, both resumable from a stream entry id."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, WebSocket, WebSocketDisconnect
+from sse_starlette import EventSourceResponse
+
+from gateway.auth import readable_run, resume_id, valid_run_id
+from gateway.routes_runs import _ERRORS, load_meta
+from gateway.state import GatewayState, get_state
+from gateway.wire import sse_batch, sse_reset_frame, ws_message, ws_reset_message
+from shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
+from shared.streamlog import Reset
+
+router = APIRouter(prefix="/v1", tags=["events"])
+
+WS_FIRST_MESSAGE_WAIT_S = 1.0
+"""How long the WebSocket waits for an optional `{"last_event_id": ...}` before streaming from the start."""
+
+
+def start_point(meta: dict[str, str], requested: str | None) -> str:
+    """Where to start reading; a resume id past the run's last event can only be a client's mistake."""
+    if requested is None:
+        return START_ID
+    last = meta.get("last_event_id") or START_ID
+    if entry_key(requested) > entry_key(last):
+        raise HTTPException(400, f"Last-Event-ID {requested} is after this run's last event ({last})")
+    return requested
+
+
+async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIterator[bytes]:
+    async for batch in state.feed.subscribe(run_id, after_id):
+        yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    name="run_events",
+    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+)
+async def run_events(
+    run_id: Annotated[str, Depends(readable_run)],
+    state: Annotated[GatewayState, Depends(get_state)],
+    last_event_id: Annotated[str | None, Depends(resume_id)],
+) -> EventSourceResponse:
+    meta = await load_meta(state, run_id)
+    after_id = start_point(meta, last_event_id)
+    return EventSourceResponse(
+        sse_stream(state, run_id, after_id),
+        ping=state.settings.sse_ping_s,
+        sep="\n",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _ws_close_code(status: int) -> int:
+    """HTTP-like failures before streaming close the socket with 4000 + the HTTP status (4400, 4401, ...)."""
+    return 4000 + status
+
+
+async def _ws_resume_id(websocket: WebSocket) -> str | None:
+    """The resume point from `?last_event_id=` or the optional first message `{"last_event_id": "..."}`."""
+    query_value = websocket.query_params.get("last_event_id")
+    if query_value:
+        return query_value
+    try:
+        text = await asyncio.wait_for(websocket.receive_text(), WS_FIRST_MESSAGE_WAIT_S)
+    except TimeoutError:
+        return None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        raise HTTPException(400, 'first message must be JSON like {"last_event_id": "<id>"}') from None
+    if not isinstance(message, dict):
+        raise HTTPException(400, "first message must be a JSON object")
+    value = message.get("last_event_id")
+    if value is not None and not isinstance(value, str):
+        raise HTTPException(400, "last_event_id must be a string")
+    return value or None
+
+
+@router.websocket("/runs/{run_id}/ws", name="run_ws")
+async def run_ws(websocket: WebSocket, run_id: str) -> None:
+    state: GatewayState = websocket.app.state.runcast
+    await websocket.accept()
+    try:
+        valid_run_id(run_id)
+        readable_run(run_id, state, websocket.query_params.get("token"), websocket.headers.get("authorization"))
+        requested = await _ws_resume_id(websocket)
+        if requested is not None:
+            try:
+                parse_entry_id(requested)
+            except BadEntryId as exc:
+                raise HTTPException(400, f"bad last_event_id: {exc}") from None
+        after_id = start_point(await load_meta(state, run_id), requested)
+    except HTTPException as exc:
+        await websocket.close(_ws_close_code(exc.status_code), str(exc.detail)[:120])
+        return
+    except WebSocketDisconnect:
+        return
+    sender = asyncio.create_task(_ws_send(websocket, state, run_id, after_id))
+    receiver = asyncio.create_task(_ws_drain(websocket))
+    done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    if sender in done and sender.exception() is None:
+        await websocket.close(1000)
+
+
+async def _ws_send(websocket: WebSocket, state: GatewayState, run_id: str, after_id: str) -> None:
+    async for batch in state.feed.subscribe(run_id, after_id):
+        if isinstance(batch, Reset):
+            await websocket.send_text(ws_reset_message(batch))
+        else:
+            for entry in batch:
+                await websocket.send_text(ws_message(entry))
+
+
+async def _ws_drain(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends after the first message, so a disconnect is noticed."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return

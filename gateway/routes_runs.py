@@ -1,0 +1,90 @@
+"""Create runs, read their status and final result, list agents."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+
+from gateway.auth import readable_run, require_api_key
+from gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
+from gateway.state import GatewayState, get_state
+from shared.ids import new_run_id
+from shared.keys import AGENTS_KEY
+from shared.streaming import StreamingBuffer, StreamingEvent
+from shared.streamlog import TERMINAL_STATUSES
+from shared.tokens import issue_token
+
+router = APIRouter(prefix="/v1", tags=["runs"])
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404)}
+
+
+@router.get("/agents", response_model=list[AgentInfo])
+async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> list[AgentInfo]:
+    agents = await state.redis.hgetall(AGENTS_KEY)
+    return [AgentInfo(name=name, description=text) for name, text in sorted(agents.items())]
+
+
+@router.post(
+    "/runs",
+    status_code=202,
+    response_model=CreateRunResponse,
+    responses={**_ERRORS, 413: {"model": ErrorBody}},
+    dependencies=[Depends(require_api_key)],
+)
+async def create_run(
+    body: CreateRunRequest, request: Request, state: Annotated[GatewayState, Depends(get_state)]
+) -> CreateRunResponse:
+    settings = state.settings
+    size = len(body.input.encode())
+    if size > settings.max_input_bytes:
+        raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
+    if not await state.redis.hexists(AGENTS_KEY, body.agent):
+        known = sorted(await state.redis.hkeys(AGENTS_KEY))
+        raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
+    run_id = new_run_id()
+    await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
+    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    events_url = str(request.url_for("run_events", run_id=run_id))
+    return CreateRunResponse(
+        run_id=run_id,
+        token=issue_token(state.secret, run_id, settings.token_ttl_s),
+        events_url=events_url,
+        ws_url=str(request.url_for("run_ws", run_id=run_id)).replace("http", "ws", 1),
+        status_url=str(request.url_for("run_status", run_id=run_id)),
+    )
+
+
+async def load_meta(state: GatewayState, run_id: str) -> dict[str, str]:
+    meta = await state.stream_log.get_meta(run_id)
+    if meta is None:
+        raise HTTPException(404, "no such run (unknown, or expired after its retention period)")
+    return meta
+
+
+@router.get("/runs/{run_id}", name="run_status", response_model=RunStatus, responses=_ERRORS)
+async def run_status(
+    run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
+) -> RunStatus:
+    meta = await load_meta(state, run_id)
+    return RunStatus(
+        run_id=run_id,
+        agent=meta.get("agent", ""),
+        status=meta.get("status", "queued"),  # type: ignore[arg-type]
+        created_at=float(meta.get("created_at") or 0),
+        updated_at=float(meta.get("updated_at") or 0),
+        last_event_id=meta.get("last_event_id") or None,
+    )
+
+
+@router.get("/runs/{run_id}/result", response_model=RunResult, responses={**_ERRORS, 409: {"model": ErrorBody}})
+async def run_result(
+    run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
+) -> RunResult:
+    meta = await load_meta(state, run_id)
+    if meta.get("status") not in TERMINAL_STATUSES:
+        raise HTTPException(409, f"run is still {meta.get('status')}; the result exists once it ends")
+    entries = await state.stream_log.read_all(run_id)
+    buffer = StreamingBuffer.from_events(StreamingEvent.from_json(entry.event) for entry in entries)
+    return RunResult(**buffer.to_dict())

@@ -1,0 +1,1 @@
+"""runcast's composition root: the `runcast` console script, which wires gateway and worker together."""

@@ -1,0 +1,33 @@
+"""Redis key layout (SPEC §7). `{run_id}` is a Redis Cluster hash tag: all keys of a run share one slot."""
+
+from __future__ import annotations
+
+PREFIX = "runcast"
+
+
+def events_key(run_id: str) -> str:
+    return f"{PREFIX}:{{{run_id}}}:events"
+
+
+def meta_key(run_id: str) -> str:
+    return f"{PREFIX}:{{{run_id}}}:meta"
+
+
+def heartbeat_key(run_id: str) -> str:
+    """Worker liveness for a running run; a short TTL key refreshed while the agent runs."""
+    return f"{PREFIX}:{{{run_id}}}:heartbeat"
+
+
+def cancel_key(run_id: str) -> str:
+    """Set by the gateway to ask the worker running this run to stop."""
+    return f"{PREFIX}:{{{run_id}}}:cancel"
+
+
+def run_id_from_events_key(key: str | bytes) -> str:
+    if isinstance(key, bytes):
+        key = key.decode()
+    return key[key.index("{") + 1 : key.index("}")]
+
+
+AGENTS_KEY = f"{PREFIX}:agents"
+"""Hash agent name -> description, written by every worker at start: the gateway's list of known agents."""

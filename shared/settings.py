@@ -1,0 +1,46 @@
+"""Settings from the environment (SPEC §3), prefix `RUNCAST_`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RUNCAST_", extra="ignore")
+
+    redis_url: str = "redis://localhost:6379/0"
+    secret: SecretStr | None = None
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    stream_maxlen: int = Field(10_000, ge=1)
+    retention_s: int = Field(86_400, ge=1)
+    agents: str = "worker.agents:default_registry"
+    model_provider: Literal["scripted", "openai"] = "scripted"
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    model: str = "gpt-4o-mini"
+    scripted_delay_ms: int = Field(20, ge=0)
+    max_input_bytes: int = Field(64 * 1024, ge=1)
+    token_ttl_s: int = Field(86_400, ge=1, description="how long a run's subscribe token stays valid")
+    sse_ping_s: float = Field(15.0, gt=0, description="idle heartbeat period on SSE streams")
+    queue_name: str = "runcast:queue"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    def secret_bytes(self) -> bytes:
+        if self.secret is None or not self.secret.get_secret_value():
+            raise RuntimeError("RUNCAST_SECRET is not set: tokens cannot be issued or checked")
+        return self.secret.get_secret_value().encode()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,252 @@
+"""The seed-compatible streaming event model (jaf-py's `jaf.core.streaming` names and JSON).
+
+`StreamingEvent.to_dict()` is the wire format (SPEC §6): the gateway forwards these JSON bytes untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any
+
+
+class StreamingEventType(str, Enum):
+    START = "start"
+    CHUNK = "chunk"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    AGENT_SWITCH = "agent_switch"
+    METADATA = "metadata"
+    ERROR = "error"
+    COMPLETE = "complete"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (StreamingEventType.COMPLETE, StreamingEventType.ERROR)
+
+
+TERMINAL_TYPES = frozenset({StreamingEventType.COMPLETE.value, StreamingEventType.ERROR.value})
+
+
+@dataclass(frozen=True)
+class StreamingChunk:
+    content: str
+    delta: str
+    is_complete: bool = False
+    token_count: int | None = None
+
+
+@dataclass(frozen=True)
+class StreamingToolCall:
+    tool_name: str
+    arguments: dict[str, Any]
+    call_id: str
+    status: str = "started"
+
+
+@dataclass(frozen=True)
+class StreamingToolResult:
+    tool_name: str
+    call_id: str
+    result: Any
+    status: str = "completed"
+    execution_time_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamingMetadata:
+    agent_name: str
+    model_name: str
+    turn_count: int = 0
+    total_tokens: int | None = None
+    execution_time_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class StreamingError:
+    error_type: str
+    detail: str
+
+
+EventData = StreamingChunk | StreamingToolCall | StreamingToolResult | StreamingMetadata | StreamingError | dict
+
+_DATA_CLASSES: dict[StreamingEventType, type] = {
+    StreamingEventType.START: StreamingMetadata,
+    StreamingEventType.METADATA: StreamingMetadata,
+    StreamingEventType.CHUNK: StreamingChunk,
+    StreamingEventType.TOOL_CALL: StreamingToolCall,
+    StreamingEventType.TOOL_RESULT: StreamingToolResult,
+    StreamingEventType.ERROR: StreamingError,
+}
+
+
+@dataclass(frozen=True)
+class StreamingEvent:
+    type: StreamingEventType
+    data: EventData
+    timestamp: float = field(default_factory=time.time)
+    run_id: str | None = None
+    trace_id: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type.is_terminal
+
+    def to_dict(self) -> dict[str, Any]:
+        data = self.data
+        if not isinstance(data, dict):
+            data = asdict(data)
+        return {
+            "type": self.type.value,
+            "data": data,
+            "timestamp": self.timestamp,
+            "run_id": str(self.run_id) if self.run_id is not None else None,
+            "trace_id": str(self.trace_id) if self.trace_id is not None else None,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> StreamingEvent:
+        event_type = StreamingEventType(raw["type"])
+        data: Any = raw.get("data") or {}
+        data_class = _DATA_CLASSES.get(event_type)
+        if data_class is not None and isinstance(data, dict):
+            known = {k: v for k, v in data.items() if k in data_class.__dataclass_fields__}
+            try:
+                data = data_class(**known)
+            except TypeError:
+                pass  # missing fields: keep the plain dict rather than lose the event
+        return cls(
+            type=event_type,
+            data=data,
+            timestamp=float(raw.get("timestamp") or 0.0),
+            run_id=raw.get("run_id"),
+            trace_id=raw.get("trace_id"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StreamingEvent:
+        return cls.from_dict(json.loads(text))
+
+
+@dataclass
+class FinalMessage:
+    """What `StreamingBuffer.get_final_message()` returns (jaf's `Message` for the assistant's turn)."""
+
+    role: str
+    content: str
+    tool_calls: list[StreamingToolCall] | None = None
+
+
+class StreamingBuffer:
+    """Accumulates one run's events into its final state."""
+
+    def __init__(self) -> None:
+        self.content = ""
+        self.tool_calls: list[StreamingToolCall] = []
+        self.tool_results: list[StreamingToolResult] = []
+        self.metadata: StreamingMetadata | None = None
+        self.is_complete = False
+        self.error: StreamingError | None = None
+
+    def add_chunk(self, chunk: StreamingChunk) -> None:
+        self.content += chunk.delta
+        if chunk.is_complete:
+            self.is_complete = True
+
+    def add_tool_call(self, tool_call: StreamingToolCall) -> None:
+        self.tool_calls.append(tool_call)
+
+    def add_tool_result(self, tool_result: StreamingToolResult) -> None:
+        self.tool_results.append(tool_result)
+
+    def set_metadata(self, metadata: StreamingMetadata) -> None:
+        self.metadata = metadata
+
+    def set_error(self, error: StreamingError) -> None:
+        self.error = error
+        self.is_complete = True
+
+    def mark_complete(self) -> None:
+        self.is_complete = True
+
+    def add_event(self, event: StreamingEvent) -> None:
+        data = event.data
+        if event.type is StreamingEventType.CHUNK and isinstance(data, StreamingChunk):
+            self.add_chunk(data)
+        elif event.type is StreamingEventType.TOOL_CALL and isinstance(data, StreamingToolCall):
+            self.add_tool_call(data)
+        elif event.type is StreamingEventType.TOOL_RESULT and isinstance(data, StreamingToolResult):
+            self.add_tool_result(data)
+        elif event.type in (StreamingEventType.START, StreamingEventType.METADATA) and isinstance(
+            data, StreamingMetadata
+        ):
+            self.set_metadata(data)
+        elif event.type is StreamingEventType.ERROR:
+            self.set_error(data if isinstance(data, StreamingError) else StreamingError("error", str(data)))
+        elif event.type is StreamingEventType.COMPLETE:
+            self.mark_complete()
+
+    def get_final_message(self) -> FinalMessage:
+        return FinalMessage(role="assistant", content=self.content, tool_calls=list(self.tool_calls) or None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "content": self.content,
+            "tool_calls": [asdict(c) for c in self.tool_calls],
+            "tool_results": [asdict(r) for r in self.tool_results],
+            "metadata": asdict(self.metadata) if self.metadata else None,
+            "error": asdict(self.error) if self.error else None,
+            "is_complete": self.is_complete,
+        }
+
+    @classmethod
+    def from_events(cls, events: Iterable[StreamingEvent]) -> StreamingBuffer:
+        buffer = cls()
+        for event in events:
+            buffer.add_event(event)
+        return buffer
+
+
+class StreamingCollector:
+    """Collects events per run in memory and replays them (the seed's API)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, StreamingBuffer] = {}
+        self.events: dict[str, list[StreamingEvent]] = {}
+
+    async def collect_stream(self, stream: AsyncIterator[StreamingEvent], run_id: str | None = None) -> StreamingBuffer:
+        buffer = StreamingBuffer()
+        collected: list[StreamingEvent] = []
+        async for event in stream:
+            key = run_id or event.run_id or "default"
+            collected.append(event)
+            buffer.add_event(event)
+            self.events[key] = collected
+            self.buffers[key] = buffer
+        if run_id is not None:
+            self.events.setdefault(run_id, collected)
+            self.buffers.setdefault(run_id, buffer)
+        return buffer
+
+    def get_buffer(self, run_id: str) -> StreamingBuffer | None:
+        return self.buffers.get(run_id)
+
+    def get_events_for_run(self, run_id: str) -> list[StreamingEvent]:
+        return list(self.events.get(run_id, []))
+
+    async def replay_stream(self, run_id: str, delay_ms: int = 0) -> AsyncIterator[StreamingEvent]:
+        for event in self.get_events_for_run(run_id):
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000)
+            yield event
+
+    def clear_run(self, run_id: str) -> None:
+        self.buffers.pop(run_id, None)
+        self.events.pop(run_id, None)

@@ -1,0 +1,186 @@
+"""A run's durable event log in Redis: append (atomic, refuses anything after the terminal event) and read."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from redis.asyncio import Redis
+
+from shared.ids import START_ID, entry_key
+from shared.keys import events_key, meta_key
+from shared.streaming import TERMINAL_TYPES, StreamingEvent, StreamingEventType
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
+
+# KEYS: events, meta.  ARGV: maxlen, now, retention_s, new_status ('' keeps it), then (type, json) pairs.
+# Returns the last entry id, or 0 when the run has already ended, or -1 when the run is unknown.
+# Checking "already ended" and appending in one script is what makes a run end exactly once.
+_APPEND_LUA = """
+local status = redis.call('HGET', KEYS[2], 'status')
+if not status then return -1 end
+if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+local id
+for i = 5, #ARGV, 2 do
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i], 'event', ARGV[i + 1])
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], 'status', ARGV[4], 'updated_at', ARGV[2], 'last_event_id', id)
+else
+  redis.call('HSET', KEYS[2], 'updated_at', ARGV[2], 'last_event_id', id)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+return id
+"""
+
+
+class Entry(NamedTuple):
+    """One stream entry as the gateway forwards it: the event JSON is passed through untouched."""
+
+    id: str
+    type: str
+    event: str
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.type in TERMINAL_TYPES
+
+
+@dataclass(frozen=True)
+class Reset:
+    """The resume point is older than the oldest entry kept: the client must know it missed something."""
+
+    requested: str
+    first_available: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"reason": "trimmed", "requested": self.requested, "first_available": self.first_available}
+
+
+class RunEnded(Exception):
+    """An append was refused because the run's terminal event is already in the log."""
+
+
+class UnknownRun(Exception):
+    pass
+
+
+def status_after(event: StreamingEvent) -> str:
+    """The run status an event moves the run to ('' = unchanged)."""
+    if event.type is StreamingEventType.START:
+        return "running"
+    if event.type is StreamingEventType.COMPLETE:
+        return "completed"
+    if event.type is StreamingEventType.ERROR:
+        data = event.data
+        error_type = data.get("error_type") if isinstance(data, dict) else getattr(data, "error_type", "")
+        return "cancelled" if error_type == "cancelled" else "failed"
+    return ""
+
+
+def to_entries(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
+    return [Entry(entry_id, fields.get("type", ""), fields.get("event", "")) for entry_id, fields in raw]
+
+
+class StreamLog:
+    """Reads and writes runs' streams and meta hashes. The client must use `decode_responses=True`."""
+
+    def __init__(self, redis: Redis, *, maxlen: int = 10_000, retention_s: int = 86_400) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+        self.retention_s = retention_s
+        self._append = redis.register_script(_APPEND_LUA)
+
+    async def create_run(
+        self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
+    ) -> None:
+        now = _now()
+        key = meta_key(run_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "agent": agent,
+                    "status": "queued",
+                    "created_at": now,
+                    "updated_at": now,
+                    "last_event_id": "",
+                    "input": input_text,
+                    "metadata": json.dumps(metadata or {}),
+                },
+            )
+            pipe.expire(key, self.retention_s)
+            await pipe.execute()
+
+    async def append(self, run_id: str, event: StreamingEvent) -> str:
+        return await self.append_many(run_id, [event])
+
+    async def append_many(self, run_id: str, events: list[StreamingEvent]) -> str:
+        """Append events in order in one round trip; the status follows the last status-changing event."""
+        if not events:
+            raise ValueError("nothing to append")
+        status = ""
+        args: list[Any] = [self.maxlen, _now(), self.retention_s, ""]
+        for event in events:
+            status = status_after(event) or status
+            args += [event.type.value, event.to_json()]
+        args[3] = status
+        result = await self._append(keys=[events_key(run_id), meta_key(run_id)], args=args)
+        if result == 0:
+            raise RunEnded(run_id)
+        if result == -1:
+            raise UnknownRun(run_id)
+        return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def get_meta(self, run_id: str) -> dict[str, str] | None:
+        meta = await self.redis.hgetall(meta_key(run_id))
+        return meta or None
+
+    async def set_status(self, run_id: str, status: str) -> None:
+        await self.redis.hset(meta_key(run_id), mapping={"status": status, "updated_at": _now()})
+
+    async def read_after(self, run_id: str, after_id: str = START_ID, count: int | None = None) -> list[Entry]:
+        raw = await self.redis.xrange(events_key(run_id), min=f"({after_id}", max="+", count=count)
+        return to_entries(raw)
+
+    async def read_all(self, run_id: str) -> list[Entry]:
+        return to_entries(await self.redis.xrange(events_key(run_id)))
+
+    async def check_gap(self, run_id: str, after_id: str) -> Reset | None:
+        """A Reset when entries after `after_id` were trimmed away, else None (SPEC §6)."""
+        first = await self.redis.xrange(events_key(run_id), count=1)
+        if not first:
+            return None
+        first_id = first[0][0]
+        if entry_key(after_id) >= entry_key(first_id):
+            return None
+        if after_id == START_ID and not await self._was_trimmed(run_id):
+            return None
+        return Reset(requested=after_id, first_available=first_id)
+
+    async def _was_trimmed(self, run_id: str) -> bool:
+        info = await self.redis.xinfo_stream(events_key(run_id))
+        added = info.get("entries-added")
+        if added is None:  # Redis < 7 or a fake without it: the first id is all we know
+            return False
+        return int(added) > int(info["length"])
+
+    async def tail(self, run_id: str, after_id: str, block_ms: int) -> list[Entry]:
+        """Block up to `block_ms` for entries after `after_id` (one subscriber's own XREAD; see the hub)."""
+        reply = await self.redis.xread({events_key(run_id): after_id}, block=block_ms)
+        if not reply:
+            return []
+        return to_entries(_xread_entries(reply))
+
+
+def _xread_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:
+    """Flatten an XREAD reply (RESP2: [[key, entries], ...]) into its entries."""
+    return [entry for _key, entries in reply for entry in entries]
+
+
+def _now() -> str:
+    return f"{time.time():.6f}"

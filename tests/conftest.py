@@ -1,0 +1,86 @@
+"""Fixtures: a real redis-server for the whole session (or RUNCAST_TEST_REDIS_URL), real processes on demand."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.stack import Stack, running_stack
+
+_FAKE_NOTICE = """
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!! runcast tests: no redis-server on PATH and no RUNCAST_TEST_REDIS_URL.                              !!
+!! In-process tests run on fakeredis INSTEAD of a real Redis; tests needing real processes are skipped. !!
+!! Install redis-server (apt-get install -y redis-server) for the real runs. Under CI=true this fails.  !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str | None]:
+    """The real Redis every test uses; None only off CI on a machine with no redis-server (fakeredis then)."""
+    env_url = os.environ.get("RUNCAST_TEST_REDIS_URL")
+    if env_url:
+        yield env_url
+        return
+    if not redis_server_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but redis-server is not installed: .ci/run must install it", pytrace=False)
+        sys.stderr.write(_FAKE_NOTICE)
+        yield None
+        return
+    server = RedisServer().start()
+    try:
+        yield server.url
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def real_redis_url(redis_url: str | None) -> str:
+    """For tests that need real processes or a real server: never faked."""
+    if redis_url is None:
+        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+    return redis_url
+
+
+@pytest.fixture
+async def stack(redis_url: str | None) -> AsyncIterator[Stack]:
+    async with running_stack(redis_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=httpx.Timeout(30.0)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def gateway_proc(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    """A real `runcast gateway` process (module-scoped: started once per test file)."""
+    url = request.getfixturevalue("module_redis_url")
+    proc = GatewayProcess(url).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def worker_proc(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
+    url = request.getfixturevalue("module_redis_url")
+    proc = WorkerProcess(url).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def module_redis_url(redis_url: str | None) -> str:
+    if redis_url is None:
+        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+    return redis_url

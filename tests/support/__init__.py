@@ -1,0 +1,1 @@
+"""Test harness: a throwaway redis-server, real gateway/worker processes, and SSE/WebSocket readers."""

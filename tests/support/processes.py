@@ -1,0 +1,132 @@
+"""Real runcast processes (`runcast gateway`, `runcast worker`) on loopback, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.support.ports import free_port
+
+TEST_SECRET = "test-secret-for-runcast-only"
+
+
+def runcast_env(redis_url: str, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "RUNCAST_REDIS_URL": redis_url,
+            "RUNCAST_SECRET": TEST_SECRET,
+            "RUNCAST_SCRIPTED_DELAY_MS": "20",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(overrides)
+    return env
+
+
+class Process:
+    """A child process whose output goes to a temp log file (shown when a test fails to start it)."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.args = args
+        self.env = env
+        self.log_path = Path(tempfile.mkstemp(prefix="runcast-proc-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> int | None:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            if self.wait(timeout) is None:
+                self.signal(signal.SIGKILL)
+                self.wait(timeout)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        if self.proc is not None:
+            self.wait()
+
+
+class GatewayProcess(Process):
+    def __init__(self, redis_url: str, port: int | None = None, **env: str):
+        self.port = port or free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "runcast.cli",
+            "gateway",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        super().__init__(args, runcast_env(redis_url, **env))
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"gateway exited:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"gateway did not become ready:\n{self.log()}")
+
+
+class WorkerProcess(Process):
+    def __init__(self, redis_url: str, **env: str):
+        super().__init__([sys.executable, "-m", "runcast.cli", "worker"], runcast_env(redis_url, **env))
+
+    def start(self, timeout: float = 20.0) -> WorkerProcess:
+        super().start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # ready once it has logged its start line
+            if not self.alive():
+                raise RuntimeError(f"worker exited:\n{self.log()}")
+            if "runcast worker ready" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not start:\n{self.log()}")

@@ -1,0 +1,59 @@
+"""arq WorkerSettings: `arq worker.settings.WorkerSettings` or `runcast worker`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq.connections import RedisSettings
+
+from shared.keys import AGENTS_KEY
+from shared.redis_client import redis_from_url
+from shared.settings import Settings, get_settings
+from shared.streamlog import StreamLog
+from worker.agents import load_registry
+from worker.job import WorkerState, run_agent
+from worker.providers.base import ModelProvider
+from worker.providers.scripted import ScriptedProvider
+
+log = logging.getLogger("arq.worker")
+
+
+def build_provider(settings: Settings) -> ModelProvider:
+    if settings.model_provider == "scripted":
+        return ScriptedProvider(delay_ms=settings.scripted_delay_ms)
+    from worker.providers.openai import OpenAIProvider
+
+    return OpenAIProvider.from_settings(settings)
+
+
+async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
+    redis = redis if redis is not None else redis_from_url(settings.redis_url)
+    registry = load_registry(settings.agents)
+    await redis.hset(AGENTS_KEY, mapping={name: agent.description for name, agent in registry.items()})
+    stream_log = StreamLog(redis, maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
+    return WorkerState(stream_log=stream_log, registry=registry, provider=build_provider(settings))
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    if "runcast" not in ctx:
+        ctx["runcast"] = await build_state(get_settings())
+    log.info("runcast worker ready: agents %s", ", ".join(sorted(ctx["runcast"].registry)))
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    state: WorkerState | None = ctx.get("runcast")
+    if state is not None:
+        await state.stream_log.redis.aclose()
+
+
+class WorkerSettings:
+    functions = [run_agent]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    queue_name = get_settings().queue_name
+    max_jobs = 200
+    job_timeout = 3600
+    keep_result = 60
+    allow_abort_jobs = True
