@@ -26,12 +26,17 @@ STATIC_DIR = Path(__file__).parent / "static"
 FeedFactory = Callable[[StreamLog], EventFeed]
 
 
+def feed_for(settings: Settings) -> FeedFactory:
+    """The read path RUNCAST_FEED names."""
+    return DirectFeed
+
+
 def create_app(
     settings: Settings | None = None,
     *,
     redis: Redis | None = None,
     queue: ArqRedis | None = None,
-    feed_factory: FeedFactory = DirectFeed,
+    feed_factory: FeedFactory | None = None,
 ) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -41,7 +46,7 @@ def create_app(
         client = redis if redis is not None else redis_from_url(conf.redis_url)
         arq_pool = queue if queue is not None else await create_pool(RedisSettings.from_dsn(conf.redis_url))
         stream_log = StreamLog(client, maxlen=conf.stream_maxlen, retention_s=conf.retention_s)
-        feed = feed_factory(stream_log)
+        feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
         try:
             yield

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     token_ttl_s: int = Field(86_400, ge=1, description="how long a run's subscribe token stays valid")
     sse_ping_s: float = Field(15.0, gt=0, description="idle heartbeat period on SSE streams")
     queue_name: str = "runcast:queue"
+    feed: Literal["hub", "direct"] = Field(
+        "direct", description="gateway read path: `hub` (one reader per run per process) or `direct` (one per viewer)"
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from shared.ids import START_ID, entry_key
 from shared.keys import events_key, meta_key
-from shared.streaming import TERMINAL_TYPES, StreamingEvent, StreamingEventType
+from shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEvent, StreamingEventType
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
@@ -135,6 +135,18 @@ class StreamLog:
         if result == -1:
             raise UnknownRun(run_id)
         return result.decode() if isinstance(result, bytes) else str(result)
+
+    async def end_run(self, run_id: str, error_type: str, detail: str) -> str | None:
+        """End a run from outside its worker (cancel, lost worker) with a terminal ERROR event.
+
+        Returns the entry id, or None when the run had already ended: the check and the append are one atomic
+        step, so whoever gets there first ends the run and nobody else can append after it.
+        """
+        event = StreamingEvent(StreamingEventType.ERROR, StreamingError(error_type, detail), run_id=run_id)
+        try:
+            return await self.append(run_id, event)
+        except RunEnded:
+            return None
 
     async def get_meta(self, run_id: str) -> dict[str, str] | None:
         meta = await self.redis.hgetall(meta_key(run_id))

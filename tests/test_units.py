@@ -78,3 +78,22 @@ def test_scripted_tokens_join_back_to_the_input_exactly(text: str):
     tokens = split_tokens(text)
     assert "".join(tokens) == text
     assert all(token.strip() for token in tokens[:-1])
+
+
+async def test_a_run_ends_exactly_once_and_nothing_is_appended_after(redis_url: str | None):
+    from runcast.demo import fake_clients, real_clients
+    from shared.streamlog import RunEnded, StreamLog
+
+    redis, _queue = real_clients(redis_url) if redis_url else fake_clients()
+    log = StreamLog(redis)
+    run_id = new_run_id()
+    await log.create_run(run_id, "echo", "x")
+    first = await log.end_run(run_id, "cancelled", "by test")
+    assert first is not None
+    assert await log.end_run(run_id, "worker_lost", "too late") is None
+    with pytest.raises(RunEnded):
+        await log.append(run_id, StreamingEvent(StreamingEventType.CHUNK, StreamingChunk("a", "a")))
+    meta = await log.get_meta(run_id)
+    assert meta["status"] == "cancelled" and meta["last_event_id"] == first
+    assert [e.id for e in await log.read_all(run_id)] == [first]
+    await redis.aclose()
