@@ -61,6 +61,9 @@ class Coalescer:
         if self._fresh or self.config.is_passthrough:
             self._fresh = False
             return [*self.flush(), event]
+        out: list[StreamingEvent] = []
+        if self.config.enable_sentence_boundaries and event.data.delta.lstrip(" \t").startswith("\n"):
+            out = self.flush()  # a line break opens the next sentence: what came before is complete
         pending = self._pending
         if pending is None:
             self._pending = pending = _Pending(event, event, event.data.delta, self.clock())
@@ -68,8 +71,8 @@ class Coalescer:
             pending.last = event
             pending.delta += event.data.delta
         if self._ready(pending.delta):
-            return self.flush()
-        return []
+            out += self.flush()
+        return out
 
     def _ready(self, text: str) -> bool:
         size = self.config.chunk_size

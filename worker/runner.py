@@ -82,7 +82,8 @@ async def run_agent_events(
 
     def metadata(current: Agent) -> StreamingMetadata:
         elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-        model_name = current.model_settings.model or (current.provider or provider).name
+        used = current.provider or provider
+        model_name = current.model_settings.model or getattr(used, "model", None) or used.name
         return StreamingMetadata(current.name, model_name, progress.turns, progress.tokens, elapsed_ms)
 
     yield event(StreamingEventType.START, metadata(agent))

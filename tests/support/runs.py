@@ -45,12 +45,14 @@ async def worker_state(
     chunking: StreamConfig | None = None,
 ) -> AsyncIterator[WorkerState]:
     redis = redis_from_url(redis_url)
+    model = provider or ScriptedProvider(delay_ms=0)
     try:
-        yield WorkerState(
-            StreamLog(redis), registry, provider or ScriptedProvider(delay_ms=0), chunking or StreamConfig()
-        )
+        yield WorkerState(StreamLog(redis), registry, model, chunking or StreamConfig())
     finally:
         await redis.aclose()
+        close = getattr(model, "aclose", None)
+        if close is not None:
+            await close()
 
 
 async def start_job(state: WorkerState, agent: str, text: str) -> tuple[str, asyncio.Task[str]]:
