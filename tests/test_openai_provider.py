@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from shared.streaming import StreamConfig
 from tests.support import fake_openai as fake
 from tests.support.runs import finished, run_job, start_job, wait_for_entry, worker_state
+from tests.support.sse import create_run, read_sse
+from tests.support.stack import running_stack
 from worker.agents import Agent, calculator
 from worker.providers.openai import OpenAIProvider
 
@@ -177,3 +180,15 @@ async def test_a_stream_cut_before_the_first_token_is_retried(real_redis_url: st
     async with worker_state(real_redis_url, registry=REGISTRY, provider=provider_for(server)) as state:
         run = await run_job(state, "assistant", "hi")
     assert run.of_type("complete")[0]["content"] == "second try" and len(server.requests) == 2
+
+
+async def test_runcast_model_provider_openai_drives_runs_end_to_end(real_redis_url: str, server: fake.FakeOpenAI):
+    """RUNCAST_MODEL_PROVIDER=openai + base URL/key/model settings: a run over real HTTP streams the fake's text."""
+    server.enqueue(*fake.answer("Hi", " there"))
+    settings = {"model_provider": "openai", "openai_base_url": server.base_url, "openai_api_key": "sk-e2e"}
+    async with running_stack(real_redis_url, model="fake-e2e", **settings) as stack, httpx.AsyncClient() as http:
+        run = await create_run(http, stack.url, "echo", "hello")
+        events = await read_sse(http, stack.url, run["run_id"], run["token"])
+    assert [e.event for e in events] == ["start", "chunk", "chunk", "metadata", "complete"]
+    assert events[-1].data["data"]["content"] == "Hi there"
+    assert server.authorizations == ["Bearer sk-e2e"] and server.requests[0]["model"] == "fake-e2e"

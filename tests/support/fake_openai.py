@@ -104,6 +104,7 @@ class FakeOpenAI:
         self.port = free_port()
         self.scripts: deque[list[Step]] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str | None] = []
         self.sent: list[dict[str, Any]] = []
         app = Starlette(routes=[Route("/v1/chat/completions", self._completions, methods=["POST"])])
         self._server = uvicorn.Server(
@@ -126,6 +127,7 @@ class FakeOpenAI:
 
     async def _completions(self, request: Request) -> Response:
         self.requests.append(await request.json())
+        self.authorizations.append(request.headers.get("authorization"))
         if not self.scripts:
             return JSONResponse({"error": {"message": "no script left"}}, status_code=500)
         steps = self.scripts.popleft()
