@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 from pydantic import BaseModel
 
 from tests.support.runs import run_job, worker_state
 from worker.agents import Agent, ModelSettings, Tool, calculator, default_registry, load_registry
+from worker.providers.base import TextDelta
 from worker.providers.scripted import ScriptedProvider
 
 
@@ -147,3 +149,20 @@ def test_load_registry_refuses_handoffs_to_agents_it_does_not_have():
 
 
 BROKEN_REGISTRY = {"a": Agent("a", handoffs=("ghost",)), **default_registry}
+
+
+class BrokenModel:
+    name = "broken"
+
+    async def stream(self, **_: object) -> AsyncIterator[TextDelta]:
+        yield TextDelta("so far so good")
+        raise RuntimeError("a bug in the provider")
+
+
+async def test_an_unexpected_exception_ends_the_run_with_internal_error_after_what_was_streamed(real_redis_url: str):
+    async with worker_state(real_redis_url, provider=BrokenModel()) as state:  # type: ignore[arg-type]
+        run = await run_job(state, "echo", "hi")
+    assert run.types == ["start", "chunk", "error"]
+    error = run.of_type("error")[0]
+    assert error["error_type"] == "internal_error" and "a bug in the provider" in error["detail"]
+    assert run.meta["status"] == "failed"

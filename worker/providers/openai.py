@@ -88,7 +88,7 @@ class OpenAIProvider:
                             started = True
                             yield delta
                         return
-            except (httpx.TransportError, SSEError) as exc:
+            except (httpx.HTTPError, SSEError) as exc:
                 if started or attempt >= self.max_retries:
                     raise ModelError(f"the model stream failed: {type(exc).__name__}: {exc}") from exc
                 retry_in = self._backoff(attempt)
