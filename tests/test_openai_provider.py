@@ -13,11 +13,11 @@ from tests.support import fake_openai as fake
 from tests.support.runs import finished, run_job, start_job, wait_for_entry, worker_state
 from tests.support.sse import create_run, read_sse
 from tests.support.stack import running_stack
-from worker.agents import Agent, calculator
+from worker.agents import Agent, ModelSettings, calculator
 from worker.providers.openai import OpenAIProvider
 
 REGISTRY = {
-    "assistant": Agent("assistant", instructions="Be brief."),
+    "assistant": Agent("assistant", instructions="Be brief.", model_settings=ModelSettings(temperature=0.2)),
     "mathematician": Agent("mathematician", instructions="Use the calculator.", tools=(calculator,)),
 }
 
@@ -54,7 +54,7 @@ async def test_text_deltas_become_chunks_as_they_arrive(real_redis_url: str, ser
     assert metadata["model_name"] == "fake-model" and metadata["total_tokens"] == 10
     [request] = server.requests
     assert request["stream"] is True and request["stream_options"] == {"include_usage": True}
-    assert request["model"] == "fake-model"
+    assert request["model"] == "fake-model" and request["temperature"] == 0.2
     assert request["messages"] == [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "greet me"},

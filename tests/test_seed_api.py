@@ -106,7 +106,13 @@ class GatedModel:
         self.release = asyncio.Event()
 
     async def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]:
         yield TextDelta("first")
         await self.release.wait()

@@ -98,7 +98,11 @@ async def run_agent_events(
         messages = [Message("system", agent.instructions), *progress.history]
         try:
             async for delta in model.stream(
-                agent_name=agent.name, model=agent.model_settings.model, messages=messages, tools=agent.tool_specs()
+                agent_name=agent.name,
+                model=agent.model_settings.model,
+                messages=messages,
+                tools=agent.tool_specs(),
+                temperature=agent.model_settings.temperature,
             ):
                 if isinstance(delta, TextDelta) and delta.text:
                     text = delta.text

@@ -68,7 +68,13 @@ class ModelProvider(Protocol):
     name: str
 
     def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]: ...
 
 

@@ -66,11 +66,17 @@ class OpenAIProvider:
         await self._client.aclose()
 
     async def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]:
         attempt, started = 0, False
         while True:
-            body = self._body(model or self.model, messages, tools)
+            body = self._body(model or self.model, messages, tools, temperature)
             retry_in: float | None = None
             try:
                 async with aconnect_sse(self._client, "POST", self.url, json=body) as source:
@@ -99,8 +105,12 @@ class OpenAIProvider:
     def _backoff(self, attempt: int) -> float:
         return self.backoff_s * 2**attempt + random.uniform(0, self.backoff_s)
 
-    def _body(self, model: str, messages: list[Message], tools: list[ToolSpec]) -> dict[str, Any]:
+    def _body(
+        self, model: str, messages: list[Message], tools: list[ToolSpec], temperature: float | None
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"model": model, "messages": [_message(m) for m in messages], "stream": True}
+        if temperature is not None:
+            body["temperature"] = temperature
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
         if tools:

@@ -44,7 +44,13 @@ class ScriptedProvider:
         self.delay_s = delay_ms / 1000
 
     async def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]:
         text, call = self._plan(messages, tools)
         emitted = 0
