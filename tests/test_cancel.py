@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from datetime import datetime
 
 import httpx
@@ -24,6 +25,11 @@ from tests.support.stack import Stack, running_stack
 from worker.agents import Agent, CalculatorArgs, Tool, default_registry
 
 TOOL_LOG: dict[str, float] = {}
+
+
+def own_queue() -> str:
+    """A queue of this test's own: runs other tests left queued must not reach this test's worker (or vice versa)."""
+    return f"runcast:test:{uuid.uuid4().hex}"
 
 
 async def _slow_tool(args: CalculatorArgs) -> str:
@@ -100,7 +106,7 @@ async def assert_ended_by_cancel(stack: Stack, run_id: str) -> None:
 
 
 async def test_cancel_during_a_slow_stream_ends_the_run_within_a_second(real_redis_url: str, http: httpx.AsyncClient):
-    async with running_stack(real_redis_url, scripted_delay_ms=150) as stack:
+    async with running_stack(real_redis_url, scripted_delay_ms=150, queue_name=own_queue()) as stack:
         run = await create_run(http, stack.url, "echo", " ".join(f"word{i}" for i in range(100)))
         viewer = Viewer(http, stack, run)
         await viewer.wait_for("chunk", 3)
@@ -123,7 +129,7 @@ async def test_cancel_during_a_slow_stream_ends_the_run_within_a_second(real_red
 
 async def test_cancel_during_a_slow_tool_stops_the_tool_within_a_second(real_redis_url: str, http: httpx.AsyncClient):
     TOOL_LOG.clear()
-    async with running_stack(real_redis_url, agents="tests.test_cancel:REGISTRY") as stack:
+    async with running_stack(real_redis_url, agents="tests.test_cancel:REGISTRY", queue_name=own_queue()) as stack:
         run = await create_run(http, stack.url, "slowtool", "what is 1 + 1")
         viewer = Viewer(http, stack, run)
         await viewer.wait_for("tool_call")
@@ -140,13 +146,14 @@ async def test_cancel_during_a_slow_tool_stops_the_tool_within_a_second(real_red
 
 
 async def test_a_run_cancelled_while_queued_never_starts(real_redis_url: str, http: httpx.AsyncClient):
-    async with running_stack(real_redis_url, worker=False) as stack:
+    queue_name = own_queue()
+    async with running_stack(real_redis_url, worker=False, queue_name=queue_name) as stack:
         run = await create_run(http, stack.url, "echo", "this never runs")
         assert (await cancel(http, stack, run)).status_code == 202
         status = (await http.get(run["status_url"], params={"token": run["token"]})).json()
         assert status["status"] == "cancelled"
 
-    async with running_stack(real_redis_url) as stack:  # now a worker picks the job up
+    async with running_stack(real_redis_url, queue_name=queue_name) as stack:  # now a worker picks the job up
         result, _ = await job_finish_time(real_redis_url, stack, run["run_id"])
         assert result == "cancelled"
         events = await read_sse(http, stack.url, run["run_id"], run["token"])
@@ -155,7 +162,7 @@ async def test_a_run_cancelled_while_queued_never_starts(real_redis_url: str, ht
 
 @pytest.fixture
 async def quick_stack(real_redis_url: str):
-    async with running_stack(real_redis_url, scripted_delay_ms=0) as stack:
+    async with running_stack(real_redis_url, scripted_delay_ms=0, queue_name=own_queue()) as stack:
         yield stack
 
 
@@ -165,7 +172,7 @@ async def test_cancel_is_idempotent_but_a_finished_run_is_a_conflict(quick_stack
     response = await cancel(http, quick_stack, done)
     assert response.status_code == 409 and "completed" in response.json()["detail"]
 
-    async with running_stack(quick_stack.settings.redis_url, worker=False) as idle:
+    async with running_stack(quick_stack.settings.redis_url, worker=False, queue_name=own_queue()) as idle:
         queued = await create_run(http, idle.url, "echo", "waits")
         assert (await cancel(http, idle, queued)).status_code == 202
         again = await cancel(http, idle, queued)
@@ -184,7 +191,7 @@ async def test_cancel_refuses_bad_ids_unknown_runs_and_missing_tokens(quick_stac
 
 
 async def test_with_api_keys_set_cancel_needs_a_key(real_redis_url: str, http: httpx.AsyncClient):
-    async with running_stack(real_redis_url, worker=False, api_keys=["key-1"]) as stack:
+    async with running_stack(real_redis_url, worker=False, api_keys=["key-1"], queue_name=own_queue()) as stack:
         headers = {"Authorization": "Bearer key-1"}
         response = await http.post(f"{stack.url}/v1/runs", json={"agent": "echo", "input": "x"}, headers=headers)
         run = response.json()

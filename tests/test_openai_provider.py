@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -186,6 +187,7 @@ async def test_runcast_model_provider_openai_drives_runs_end_to_end(real_redis_u
     """RUNCAST_MODEL_PROVIDER=openai + base URL/key/model settings: a run over real HTTP streams the fake's text."""
     server.enqueue(*fake.answer("Hi", " there"))
     settings = {"model_provider": "openai", "openai_base_url": server.base_url, "openai_api_key": "sk-e2e"}
+    settings["queue_name"] = f"runcast:test:{uuid.uuid4().hex}"  # no other test's leftover run reaches this worker
     async with running_stack(real_redis_url, model="fake-e2e", **settings) as stack, httpx.AsyncClient() as http:
         run = await create_run(http, stack.url, "echo", "hello")
         events = await read_sse(http, stack.url, run["run_id"], run["token"])
