@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from pydantic import BaseModel
 
-from gateway.auth import readable_run, require_api_key
+from gateway.auth import readable_run, require_api_key, valid_run_id
 from gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
 from gateway.state import GatewayState, get_state
 from shared.ids import new_run_id
@@ -88,3 +89,45 @@ async def run_result(
     entries = await state.stream_log.read_all(run_id)
     buffer = StreamingBuffer.from_events(StreamingEvent.from_json(entry.event) for entry in entries)
     return RunResult(**buffer.to_dict())
+
+
+class CancelResponse(BaseModel):
+    run_id: str
+    status: str
+
+
+def cancellable_run(
+    run_id: Annotated[str, Depends(valid_run_id)],
+    state: Annotated[GatewayState, Depends(get_state)],
+    token: Annotated[str | None, Query(max_length=512, description="the run token, when no API keys are set")] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> str:
+    """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
+    if state.settings.api_keys:
+        require_api_key(state, authorization)
+        return run_id
+    return readable_run(run_id, state, token, authorization)
+
+
+@router.post(
+    "/runs/{run_id}/cancel",
+    status_code=202,
+    response_model=CancelResponse,
+    responses={**_ERRORS, 409: {"model": ErrorBody}},
+)
+async def cancel_run(
+    run_id: Annotated[str, Depends(cancellable_run)], state: Annotated[GatewayState, Depends(get_state)]
+) -> CancelResponse:
+    """End the run with ERROR `cancelled` (atomic: nothing can be appended after it); its worker stops within ~1 s.
+
+    202 when the run is now cancelled — also when it already was (cancel is idempotent); 409 when it had already
+    completed or failed. A queued run never starts.
+    """
+    meta = await load_meta(state, run_id)
+    if meta.get("status") not in TERMINAL_STATUSES:
+        await state.stream_log.end_run(run_id, "cancelled", "the run was cancelled by a client")
+        meta = await load_meta(state, run_id)
+    status = meta.get("status", "")
+    if status != "cancelled":
+        raise HTTPException(409, f"run already {status}; only a queued or running run can be cancelled")
+    return CancelResponse(run_id=run_id, status=status)

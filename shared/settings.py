@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from shared.streaming import StreamConfig
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNCAST_", extra="ignore")
@@ -31,12 +33,29 @@ class Settings(BaseSettings):
         "direct", description="gateway read path: `hub` (one reader per run per process) or `direct` (one per viewer)"
     )
 
+    chunking: str = Field(
+        "passthrough", description="default chunking policy of agents that set none: passthrough | size:N | sentence"
+    )
+    chunk_max_delay_ms: int = Field(100, ge=0, description="longest a coalesced delta waits before it is published")
+    openai_max_retries: int = Field(3, ge=0, description="retries of 429/5xx/connect errors before the first token")
+    openai_timeout_s: float = Field(60.0, gt=0, description="connect timeout and longest pause between streamed chunks")
+
+    @field_validator("chunking")
+    @classmethod
+    def _check_chunking(cls, value: str) -> str:
+        StreamConfig.parse(value)
+        return value
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [key.strip() for key in value.split(",") if key.strip()]
         return value
+
+    def stream_config(self) -> StreamConfig:
+        """The default chunking policy (RUNCAST_CHUNKING, RUNCAST_CHUNK_MAX_DELAY_MS)."""
+        return StreamConfig.parse(self.chunking, self.chunk_max_delay_ms)
 
     def secret_bytes(self) -> bytes:
         if self.secret is None or not self.secret.get_secret_value():

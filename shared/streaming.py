@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
+
+from shared.keys import events_key
 
 
 class StreamingEventType(str, Enum):
@@ -250,3 +253,100 @@ class StreamingCollector:
     def clear_run(self, run_id: str) -> None:
         self.buffers.pop(run_id, None)
         self.events.pop(run_id, None)
+
+    def add_events(self, run_id: str, events: Iterable[StreamingEvent]) -> StreamingBuffer:
+        """Record already-collected events for a run (e.g. read back from Redis)."""
+        collected = list(events)
+        self.events[run_id] = collected
+        self.buffers[run_id] = StreamingBuffer.from_events(collected)
+        return self.buffers[run_id]
+
+    @classmethod
+    async def from_redis(cls, redis: Any, run_id: str) -> StreamingCollector:
+        """A collector holding every event of `run_id` still kept in its Redis stream (e.g. a finished run).
+
+        `redis` is a `redis.asyncio.Redis`; `replay_stream(run_id, delay_ms)` then replays the run as recorded.
+        """
+        collector = cls()
+        collector.add_events(run_id, await read_events_from_redis(redis, run_id))
+        return collector
+
+
+async def read_events_from_redis(redis: Any, run_id: str) -> list[StreamingEvent]:
+    """Every event of a run still kept in its Redis stream, oldest first."""
+    raw = await redis.xrange(events_key(run_id))
+    events = []
+    for _entry_id, fields in raw:
+        payload = fields.get("event") if "event" in fields else fields.get(b"event")
+        if payload is not None:
+            events.append(StreamingEvent.from_json(payload))
+    return events
+
+
+async def replay_from_redis(redis: Any, run_id: str, delay_ms: int = 0) -> AsyncIterator[StreamingEvent]:
+    """Replay a run straight from its Redis stream, pausing `delay_ms` before each event."""
+    collector = await StreamingCollector.from_redis(redis, run_id)
+    async for event in collector.replay_stream(run_id, delay_ms):
+        yield event
+
+
+class ChunkType(str, Enum):
+    """What a `StreamChunk` carries (the seed's chunk kinds)."""
+
+    TEXT = "text"
+    TOOL_CALL = "tool_call"
+    TOOL_RESULT = "tool_result"
+    METADATA = "metadata"
+    ERROR = "error"
+
+
+@dataclass
+class StreamChunk:
+    """The seed's engine-level chunk: a piece of text (`content` is this piece, not the total) plus bookkeeping."""
+
+    content: str
+    chunk_id: str = ""
+    sequence_number: int = 0
+    is_final: bool = False
+    chunk_type: ChunkType = ChunkType.TEXT
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+_SIZE_SPEC = re.compile(r"^size:(\d+)$")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """How a run's text deltas are grouped into CHUNK events before they are published (the chunking policy).
+
+    - pass-through (`chunk_size <= 1`, no sentence boundaries): every model delta is its own CHUNK.
+    - size-based (`chunk_size=N`): deltas are coalesced until at least N characters are pending.
+    - sentence (`enable_sentence_boundaries=True`): coalesced until a sentence ends (or `chunk_size` characters,
+      when `chunk_size > 1`, as a cap).
+    In every mode pending text is published after at most `max_delay_ms` (so a slow model still streams), before
+    any non-chunk event, and the first delta after a non-chunk event goes out at once.
+    `delay_ms` and `compression_enabled` are kept for seed compatibility; runcast does not pace or compress.
+    """
+
+    chunk_size: int = 1
+    delay_ms: int = 0
+    enable_sentence_boundaries: bool = False
+    compression_enabled: bool = False
+    max_delay_ms: int = 100
+
+    @property
+    def is_passthrough(self) -> bool:
+        return self.chunk_size <= 1 and not self.enable_sentence_boundaries
+
+    @classmethod
+    def parse(cls, spec: str, max_delay_ms: int = 100) -> StreamConfig:
+        """`passthrough`, `size:N` or `sentence` (the RUNCAST_CHUNKING syntax)."""
+        text = spec.strip().lower()
+        if text == "passthrough":
+            return cls(chunk_size=1, max_delay_ms=max_delay_ms)
+        if text == "sentence":
+            return cls(chunk_size=0, enable_sentence_boundaries=True, max_delay_ms=max_delay_ms)
+        match = _SIZE_SPEC.fullmatch(text)
+        if match and int(match.group(1)) >= 1:
+            return cls(chunk_size=int(match.group(1)), max_delay_ms=max_delay_ms)
+        raise ValueError(f"chunking must be 'passthrough', 'size:N' (N >= 1) or 'sentence', got {spec!r}")

@@ -7,7 +7,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from shared.streaming import StreamConfig
+from worker.calculator import evaluate
+from worker.providers.base import ModelProvider, ToolSpec
+
+HANDOFF_PREFIX = "transfer_to_"
 
 
 @dataclass(frozen=True)
@@ -19,28 +25,97 @@ class ModelSettings:
 
 @dataclass(frozen=True)
 class Tool:
+    """A function the model may call. `fn` receives the validated `args_model` instance and returns the result
+    (anything JSON-serialisable). A tool that raises or exceeds `timeout_s` gives the model its error as the
+    result; the run goes on."""
+
     name: str
     description: str
     args_model: type[BaseModel]
-    fn: Callable[..., Awaitable[Any]]
+    fn: Callable[[Any], Awaitable[Any]]
     timeout_s: float = 30.0
+
+    def spec(self) -> ToolSpec:
+        return ToolSpec(self.name, self.description, self.args_model.model_json_schema())
 
 
 @dataclass(frozen=True)
 class Agent:
+    """An agent: instructions (its system prompt), tools, the agents it may hand off to, and model settings.
+
+    `chunking` overrides the worker's default chunking policy for this agent's text; `provider` overrides the
+    worker's model provider (e.g. one agent on an OpenAI-compatible endpoint, the others scripted).
+    """
+
     name: str
     instructions: str = ""
     tools: tuple[Tool, ...] = ()
     handoffs: tuple[str, ...] = ()
     model_settings: ModelSettings = field(default_factory=ModelSettings)
     description: str = ""
+    chunking: StreamConfig | None = None
+    provider: ModelProvider | None = None
 
+    def tool(self, name: str) -> Tool | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def tool_specs(self) -> list[ToolSpec]:
+        """The tools the model sees: this agent's tools, then one `transfer_to_<agent>` per handoff."""
+        specs = [t.spec() for t in self.tools]
+        specs += [
+            ToolSpec(
+                f"{HANDOFF_PREFIX}{target}",
+                f"Hand the conversation over to the {target!r} agent.",
+                HandoffArgs.model_json_schema(),
+            )
+            for target in self.handoffs
+        ]
+        return specs
+
+    def handoff_target(self, tool_name: str) -> str | None:
+        """The agent a tool call hands off to, or None when it is an ordinary tool."""
+        if tool_name.startswith(HANDOFF_PREFIX) and tool_name[len(HANDOFF_PREFIX) :] in self.handoffs:
+            return tool_name[len(HANDOFF_PREFIX) :]
+        return None
+
+
+class HandoffArgs(BaseModel):
+    reason: str = Field("", description="why the conversation is handed over")
+
+
+class CalculatorArgs(BaseModel):
+    expression: str = Field(description="an arithmetic expression, e.g. '2 + 3 * 4'", max_length=200)
+
+
+async def calculate(args: CalculatorArgs) -> int | float:
+    return evaluate(args.expression)
+
+
+calculator = Tool(
+    name="calculator",
+    description="Evaluate an arithmetic expression (+ - * / // % ** and parentheses).",
+    args_model=CalculatorArgs,
+    fn=calculate,
+    timeout_s=5.0,
+)
 
 default_registry: dict[str, Agent] = {
     "echo": Agent(
         name="echo",
         instructions="Repeat the user's input back, token by token.",
         description="streams its input back, one token per chunk",
+    ),
+    "demo": Agent(
+        name="demo",
+        instructions="Answer arithmetic questions. Use the calculator tool for any arithmetic, then answer.",
+        tools=(calculator,),
+        description="calls the calculator tool on the arithmetic in the input, then answers",
+    ),
+    "triage": Agent(
+        name="triage",
+        instructions="Route the user to the right agent. Arithmetic goes to the demo agent.",
+        handoffs=("demo",),
+        description="hands the conversation off to demo",
     ),
 }
 
@@ -53,4 +128,8 @@ def load_registry(spec: str) -> Mapping[str, Agent]:
     registry = getattr(importlib.import_module(module_name), attr)
     if not isinstance(registry, Mapping) or not all(isinstance(a, Agent) for a in registry.values()):
         raise TypeError(f"{spec} is not a mapping of name -> Agent")
+    for agent in registry.values():
+        missing = [target for target in agent.handoffs if target not in registry]
+        if missing:
+            raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(missing)}")
     return registry

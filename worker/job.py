@@ -1,19 +1,35 @@
-"""The arq job: run one run's agent and publish each event to the run's stream the moment it happens."""
+"""The arq job: run one run's agent and publish each event to the run's stream the moment it happens.
+
+Stopping: a run can be ended from outside (`POST /v1/runs/{id}/cancel` -> `StreamLog.end_run`, status
+`cancelled`). While the agent runs, a watcher polls the run's status every `CANCEL_POLL_S` and cancels the agent
+task as soon as the run has ended, wherever it is (model stream or tool); an append after the end raises
+`RunEnded`, which also just stops the job quietly. When arq cancels the job itself (worker shutdown after its
+grace period, abort, job timeout) the run is ended with ERROR `worker_shutdown` before the cancellation goes on.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from shared.streaming import StreamingError, StreamingEvent, StreamingEventType
+from redis.exceptions import RedisError
+
+from shared.keys import meta_key
+from shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
 from shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
 from worker.agents import Agent
 from worker.providers.base import ModelProvider
+from worker.publisher import publish_events
 from worker.runner import run_agent_events
 
 log = logging.getLogger("runcast.worker")
+
+CANCEL_POLL_S = 0.15
+"""How often a running job checks whether its run was ended from outside (cancel reaches the agent within this)."""
 
 
 @dataclass
@@ -23,6 +39,11 @@ class WorkerState:
     stream_log: StreamLog
     registry: Mapping[str, Agent]
     provider: ModelProvider
+    chunking: StreamConfig = field(default_factory=StreamConfig)
+
+    def chunking_for(self, agent_name: str) -> StreamConfig:
+        agent = self.registry.get(agent_name)
+        return agent.chunking if agent is not None and agent.chunking is not None else self.chunking
 
 
 async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
@@ -40,16 +61,52 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
-        async for event in run_agent_events(agent, meta.get("input", ""), state.provider, run_id=run_id):
-            await stream_log.append(run_id, event)
+        await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
     except (RunEnded, UnknownRun):
-        log.info("run %s was ended from outside; stopping its agent", run_id)
+        log.info("run %s was ended from outside; stopped its agent", run_id)
+    except asyncio.CancelledError:
+        log.warning("run %s: job cancelled by arq (shutdown, abort or timeout); ending the run", run_id)
+        with contextlib.suppress(Exception):
+            await asyncio.shield(stream_log.end_run(run_id, "worker_shutdown", "the worker stopped during the run"))
+        raise
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        error = StreamingError("internal_error", f"{type(exc).__name__}: {exc}")
-        try:
-            await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
-        except (RunEnded, UnknownRun):
-            pass
+        with contextlib.suppress(RunEnded, UnknownRun):
+            await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
     final = await stream_log.get_meta(run_id)
     return (final or {}).get("status", "unknown")
+
+
+async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str, input_text: str) -> None:
+    """Publish the agent's events; stop it within CANCEL_POLL_S once the run has been ended from outside."""
+    events = run_agent_events(agent, input_text, state.provider, registry=state.registry, run_id=run_id)
+    publisher = asyncio.create_task(
+        publish_events(events, state.stream_log, run_id, state.chunking_for(agent.name), state.chunking_for),
+        name=f"publish:{run_id}",
+    )
+    watcher = asyncio.create_task(_wait_until_ended(state.stream_log, run_id), name=f"watch:{run_id}")
+    try:
+        await asyncio.wait({publisher, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if publisher.done():
+            publisher.result()  # raises RunEnded or the agent's failure
+        else:
+            log.info("run %s ended from outside; cancelling its agent", run_id)
+    finally:
+        for task in (publisher, watcher):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, RunEnded, UnknownRun):
+                    await task
+
+
+async def _wait_until_ended(stream_log: StreamLog, run_id: str) -> None:
+    """Return once the run's status is terminal (or its meta is gone)."""
+    while True:
+        await asyncio.sleep(CANCEL_POLL_S)
+        try:
+            status = await stream_log.redis.hget(meta_key(run_id), "status")
+        except (RedisError, OSError) as exc:  # a blip must not stop a healthy run; appends will surface a real outage
+            log.warning("run %s: status check failed (%s); retrying", run_id, exc)
+            continue
+        if status is None or status in TERMINAL_STATUSES:
+            return

@@ -32,7 +32,12 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
     registry = load_registry(settings.agents)
     await redis.hset(AGENTS_KEY, mapping={name: agent.description for name, agent in registry.items()})
     stream_log = StreamLog(redis, maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
-    return WorkerState(stream_log=stream_log, registry=registry, provider=build_provider(settings))
+    return WorkerState(
+        stream_log=stream_log,
+        registry=registry,
+        provider=build_provider(settings),
+        chunking=settings.stream_config(),
+    )
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -44,6 +49,9 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     state: WorkerState | None = ctx.get("runcast")
     if state is not None:
+        close = getattr(state.provider, "aclose", None)
+        if close is not None:
+            await close()
         await state.stream_log.redis.aclose()
 
 

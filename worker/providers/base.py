@@ -1,4 +1,9 @@
-"""The streaming protocol every model provider speaks: an async iterator of text and tool-call deltas."""
+"""The streaming protocol every model provider speaks: an async iterator of text and tool-call deltas.
+
+A provider streams one model turn. It yields `TextDelta`s as text arrives, `ToolCallDelta`s (pieces of tool calls;
+pieces with the same `index` belong to one call, the runner assembles them) and at most one `Usage`. A failure
+raises `ModelError`; the runner turns it into an ERROR event (`model_error`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,12 @@ from typing import Any, Protocol
 
 @dataclass(frozen=True)
 class Message:
+    """One message of the conversation, in the shape of OpenAI's chat messages.
+
+    `tool_calls` (assistant messages) are OpenAI-style dicts: `{"id", "type": "function", "function": {"name",
+    "arguments"}}`; `tool_call_id` and `name` identify which call a `tool` message answers.
+    """
+
     role: str  # system | user | assistant | tool
     content: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
@@ -36,12 +47,18 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
 
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
 
 ModelDelta = TextDelta | ToolCallDelta | Usage
 
 
 @dataclass(frozen=True)
 class ToolSpec:
+    """A tool as the model sees it: name, description and a JSON schema of its arguments."""
+
     name: str
     description: str
     parameters: dict[str, Any]
@@ -51,7 +68,13 @@ class ModelProvider(Protocol):
     name: str
 
     def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]: ...
 
 

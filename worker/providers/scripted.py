@@ -1,14 +1,24 @@
-"""A deterministic, offline model: streams scripted tokens with a fixed pause between them."""
+"""A deterministic, offline model: streams scripted tokens with a fixed pause between them.
+
+It behaves by what the agent offers it, so it drives user agents too:
+- a `transfer_to_<agent>` tool and no handoff yet in the conversation: it says so and calls that tool;
+- a `calculator` tool and arithmetic in the user's input: it calls the calculator (arguments streamed in pieces),
+  then answers with the tool's result;
+- otherwise it streams the user's input back, one whitespace-delimited token per delta (echo).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from collections.abc import AsyncIterator
 
-from worker.providers.base import Message, ModelDelta, TextDelta, ToolSpec, Usage
+from worker.calculator import find_expression
+from worker.providers.base import Message, ModelDelta, TextDelta, ToolCallDelta, ToolSpec, Usage
 
 _TOKEN_RE = re.compile(r"\s*\S+")
+HANDOFF_PREFIX = "transfer_to_"
 
 
 def split_tokens(text: str) -> list[str]:
@@ -23,6 +33,10 @@ def split_tokens(text: str) -> list[str]:
     return tokens
 
 
+def _pieces(text: str, size: int = 8) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
 class ScriptedProvider:
     name = "scripted"
 
@@ -30,12 +44,50 @@ class ScriptedProvider:
         self.delay_s = delay_ms / 1000
 
     async def stream(
-        self, *, agent_name: str, model: str | None, messages: list[Message], tools: list[ToolSpec]
+        self,
+        *,
+        agent_name: str,
+        model: str | None,
+        messages: list[Message],
+        tools: list[ToolSpec],
+        temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]:
-        user_text = next((m.content for m in reversed(messages) if m.role == "user"), "")
-        tokens = split_tokens(user_text)
-        for i, token in enumerate(tokens):
-            if i and self.delay_s:
+        text, call = self._plan(messages, tools)
+        emitted = 0
+        for token in split_tokens(text):
+            if emitted and self.delay_s:
                 await asyncio.sleep(self.delay_s)
+            emitted += 1
             yield TextDelta(token)
-        yield Usage(prompt_tokens=len(tokens), completion_tokens=len(tokens))
+        if call is not None:
+            name, arguments = call
+            call_id = f"call_{sum(m.role == 'assistant' for m in messages)}_{name}"
+            for i, piece in enumerate(_pieces(json.dumps(arguments))):
+                if (emitted or i) and self.delay_s:
+                    await asyncio.sleep(self.delay_s)
+                emitted += 1
+                yield ToolCallDelta(0, call_id if i == 0 else None, name if i == 0 else None, piece)
+        prompt = sum(len(split_tokens(m.content)) for m in messages)
+        yield Usage(prompt_tokens=prompt, completion_tokens=emitted)
+
+    def _plan(self, messages: list[Message], tools: list[ToolSpec]) -> tuple[str, tuple[str, dict] | None]:
+        """What to say this turn, and which tool to call (if any)."""
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=-1)
+        user_text = messages[last_user].content if last_user >= 0 else ""
+        since_user = messages[last_user + 1 :]
+        tool_names = {t.name for t in tools}
+        calc_results = [m for m in since_user if m.role == "tool" and m.name == "calculator"]
+        if calc_results:
+            result = calc_results[-1].content
+            if result.startswith("Error"):
+                return f"I could not work that out: {result}", None
+            return f"The answer is {result}.", None
+        handed_off = any(m.role == "tool" and (m.name or "").startswith(HANDOFF_PREFIX) for m in since_user)
+        handoffs = sorted(name for name in tool_names if name.startswith(HANDOFF_PREFIX))
+        if handoffs and not handed_off:
+            target = handoffs[0][len(HANDOFF_PREFIX) :]
+            return f"Routing you to {target}.", (handoffs[0], {"reason": f"{target} handles this request"})
+        expression = find_expression(user_text) if "calculator" in tool_names else None
+        if expression is not None:
+            return f"Let me calculate {expression}.", ("calculator", {"expression": expression})
+        return user_text, None
