@@ -1,0 +1,207 @@
+"""One reader task per reader group: a multiplexed `XREAD BLOCK` over every followed run's stream, on one connection.
+
+Each key is read at its own cursor. When the key set changes while the call is blocked, the reader is woken with
+`CLIENT UNBLOCK <its connection id>` from the hub's control connection; servers without it get short blocks instead.
+Redis errors (killed connection, restarted server) are logged, backed off and survived: the reader reconnects and
+resumes every run from its cursor, so subscribers see a delay, never a gap or a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import RedisError, ResponseError
+
+from gateway import metrics
+from gateway.hub_backoff import TRANSIENT, Backoff
+from gateway.hub_run import RunFeed
+from shared.streamlog import Entry
+
+log = logging.getLogger("runcast.hub")
+
+READ_MARGIN_S = 5.0
+"""How much longer than its BLOCK a read may take before the connection is taken for dead."""
+
+
+def parse_xread(reply: Any) -> list[tuple[str, list[Entry]]]:
+    """A raw RESP2 XREAD reply `[[key, [[id, [field, value, ...]], ...]], ...]` (or nil) as entries per key."""
+    out: list[tuple[str, list[Entry]]] = []
+    for key, raw_entries in reply or ():
+        entries = []
+        for entry_id, flat in raw_entries:
+            fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
+            entries.append(Entry(entry_id, fields.get("type", ""), fields.get("event", "")))
+        out.append((key, entries))
+    return out
+
+
+class StreamReader:
+    def __init__(
+        self,
+        group: object,
+        connect: Callable[[], AbstractConnection],
+        control: Redis,
+        on_entries: Callable[[RunFeed, list[Entry]], None],
+        *,
+        block_ms: int = 10_000,
+        fallback_block_ms: int = 100,
+        count: int = 512,
+    ) -> None:
+        self.group = group
+        self._connect = connect
+        self._control = control
+        self._on_entries = on_entries
+        self.block_ms = block_ms
+        self.fallback_block_ms = fallback_block_ms
+        self.count = count
+        self.runs: dict[str, RunFeed] = {}
+        self.client_id: int | None = None
+        self.unblock_supported = True
+        self._conn: AbstractConnection | None = None
+        self._changed = asyncio.Event()
+        self._retired = False
+        self._generation = 0
+        self._blocked_generation: int | None = None
+        self._waker: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- key set ---------------------------------------------------------------------------------------------------
+
+    def add(self, run: RunFeed) -> None:
+        self.runs[run.key] = run
+        metrics.RUNS_FOLLOWED.inc()
+        self._wake()
+
+    def remove(self, run: RunFeed) -> None:
+        if self.runs.get(run.key) is run:
+            del self.runs[run.key]
+            metrics.RUNS_FOLLOWED.dec()
+            self._wake()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"runcast-hub-reader-{self.group}")
+
+    def retire(self) -> None:
+        """Stop once the current call returns (woken at once); the hub already routes new runs elsewhere."""
+        self._retired = True
+        self._wake()
+
+    async def stop(self) -> None:
+        self._retired = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._waker is not None:
+            self._waker.cancel()
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        return self._task
+
+    def _wake(self) -> None:
+        """The key set changed: a blocked XREAD holding the old set must return now."""
+        self._changed.set()
+        generation = self._blocked_generation
+        if generation is None or not self.unblock_supported or self.client_id is None:
+            return
+        if self._waker is None or self._waker.done():
+            self._waker = asyncio.create_task(self._unblock(generation, self.client_id))
+
+    async def _unblock(self, generation: int, client_id: int) -> None:
+        """CLIENT UNBLOCK the reader. 0 means "not blocked (yet)": our XREAD may still be on its way; retry briefly."""
+        for _ in range(50):
+            if self._blocked_generation != generation:
+                return
+            try:
+                if await self._control.client_unblock(client_id):
+                    return
+            except ResponseError as exc:  # no such command (old server, some fakes): short blocks from now on
+                log.info("hub: CLIENT UNBLOCK unavailable (%s); using %d ms blocks", exc, self.fallback_block_ms)
+                self.unblock_supported = False
+                return
+            except RedisError:
+                return  # the reader's own read fails or times out soon enough
+            await asyncio.sleep(0.002)
+
+    # -- the loop --------------------------------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        metrics.READERS.inc()
+        backoff = Backoff()
+        try:
+            while not self._retired:
+                if not self.runs:
+                    self._changed.clear()
+                    await self._changed.wait()
+                    continue
+                try:
+                    reply = await self._xread()
+                except (RedisError, *TRANSIENT) as exc:
+                    metrics.READER_ERRORS.inc()
+                    delay = backoff.next()
+                    log.warning("hub reader %s: Redis error (%r); reconnecting in %.2fs", self.group, exc, delay)
+                    await self._drop_connection()
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                self._dispatch(reply)
+        finally:
+            metrics.READERS.dec()
+            await self._drop_connection()
+
+    async def _xread(self) -> list[tuple[str, list[Entry]]]:
+        conn = await self._connection()
+        snapshot = dict(self.runs)
+        keys = list(snapshot)
+        block = self.block_ms if self.unblock_supported else self.fallback_block_ms
+        self._generation += 1
+        self._changed.clear()
+        self._blocked_generation = self._generation
+        try:
+            await conn.send_command(
+                "XREAD", "COUNT", self.count, "BLOCK", block, "STREAMS", *keys, *(snapshot[key].cursor for key in keys)
+            )
+            metrics.count_read("xread")
+            raw = await conn.read_response(timeout=block / 1000 + READ_MARGIN_S)
+        finally:
+            self._blocked_generation = None
+        if isinstance(raw, ResponseError):
+            raise raw
+        return [(key, entries) for key, entries in parse_xread(raw) if self.runs.get(key) is snapshot.get(key)]
+
+    def _dispatch(self, reply: list[tuple[str, list[Entry]]]) -> None:
+        for key, entries in reply:
+            run = self.runs.get(key)
+            if run is None:
+                continue  # left while we were reading
+            self._on_entries(run, entries)
+
+    async def _connection(self) -> AbstractConnection:
+        if self._conn is None:
+            conn = self._connect()
+            try:
+                await conn.connect()
+                await conn.send_command("CLIENT", "ID")
+                client_id = await conn.read_response()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            if isinstance(client_id, ResponseError):
+                self.client_id, self.unblock_supported = None, False
+            else:
+                self.client_id = int(client_id)
+            self._conn = conn
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn, self.client_id = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.disconnect()
