@@ -25,6 +25,7 @@ from gateway.hub_backoff import retrying
 from gateway.hub_reader import StreamReader
 from gateway.hub_run import RunFeed
 from gateway.subscriber import Subscriber
+from shared.ids import START_ID
 from shared.keys import meta_key
 from shared.streamlog import Entry, Reset, StreamLog, to_entries
 
@@ -184,8 +185,7 @@ class Hub:
         run.refs = 1
         self.runs[run_id] = run
         try:
-            metrics.count_read("xrevrange")
-            raw = await retrying("xrevrange", partial(self.redis.xrevrange, run.key, count=1))
+            floor, tail = await retrying("join", partial(self._stream_tail, run))
         except BaseException as exc:
             run.join_error = exc
             run.ready.set()
@@ -193,13 +193,29 @@ class Hub:
             if self.runs.get(run_id) is run:
                 del self.runs[run_id]
             raise
-        last = to_entries(raw)
-        run.start_at(last[0] if last else None)
+        run.start_with(floor, tail)
         if not run.ended:
             self._reader_for(run.group).add(run)
         run.ready.set()
         self._ensure_janitor()
         return run
+
+    async def _stream_tail(self, run: RunFeed) -> tuple[str, list[Entry]]:
+        """The last `history_size` entries of a run joining the hub, and the id they follow (the history's floor).
+
+        One XREVRANGE per run joining, not per viewer: whoever resumes within this tail costs no Redis read."""
+        metrics.count_read("xrevrange")
+        tail = to_entries(await self.redis.xrevrange(run.key, count=max(self.history_size, 1)))[::-1]
+        if not tail:
+            return START_ID, tail
+        if len(tail) < self.history_size and not await self._trimmed(run):
+            return START_ID, tail  # the whole stream is in memory
+        return tail[0].id, tail[1:]
+
+    async def _trimmed(self, run: RunFeed) -> bool:
+        info = await self.redis.xinfo_stream(run.key)
+        added = info.get("entries-added")
+        return added is not None and int(added) > int(info["length"])
 
     def _leave(self, run: RunFeed) -> None:
         run.refs -= 1

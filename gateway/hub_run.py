@@ -35,11 +35,12 @@ class RunFeed:
         self.expired = False
         self.last_activity = asyncio.get_running_loop().time()
 
-    def start_at(self, last_entry: Entry | None) -> None:
-        """Follow from the stream's last entry at join time (entries up to it are the subscribers' backlog)."""
-        if last_entry is not None:
-            self.cursor = self.floor = last_entry.id
-            self.ended = last_entry.is_terminal
+    def start_with(self, floor: str, tail: list[Entry]) -> None:
+        """Follow from the stream's last entry at join time; `tail` is every entry after `floor` (oldest first)."""
+        self.floor = floor
+        self.cursor = tail[-1].id if tail else floor
+        self.ended = bool(tail) and tail[-1].is_terminal
+        self._remember([entry_key(entry.id) for entry in tail], tail)
 
     def covers(self, after_id: str) -> bool:
         """True when memory holds every entry after `after_id` that the reader has seen."""
