@@ -22,19 +22,22 @@ async def new_run(log: StreamLog) -> str:
     return run_id
 
 
-def chunk(run_id: str, i: int) -> StreamingEvent:
-    return StreamingEvent(StreamingEventType.CHUNK, StreamingChunk(content="", delta=f" w{i}"), run_id=run_id)
+def chunk(run_id: str, i: int, padding: int = 0) -> StreamingEvent:
+    delta = f" w{i}" + "x" * padding
+    return StreamingEvent(StreamingEventType.CHUNK, StreamingChunk(content="", delta=delta), run_id=run_id)
 
 
 def complete(run_id: str) -> StreamingEvent:
     return StreamingEvent(StreamingEventType.COMPLETE, {"content": "done"}, run_id=run_id)
 
 
-async def publish(log: StreamLog, run_id: str, count: int, *, pause_s: float = 0.0, end: bool = True) -> list[str]:
+async def publish(
+    log: StreamLog, run_id: str, count: int, *, pause_s: float = 0.0, end: bool = True, padding: int = 0
+) -> list[str]:
     """Append `count` chunks (and a COMPLETE when `end`), one XADD each; the ids in order."""
     ids = []
     for i in range(count):
-        ids.append(await log.append(run_id, chunk(run_id, i)))
+        ids.append(await log.append(run_id, chunk(run_id, i, padding)))
         if pause_s:
             await asyncio.sleep(pause_s)
     if end:
@@ -76,3 +79,14 @@ async def eventually(predicate: Callable[[], object], within_s: float = 5.0, wha
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def parse_metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Prometheus text from a gateway's /metrics as {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
