@@ -108,27 +108,35 @@ class StreamReader:
     def _wake(self) -> None:
         """The key set changed: a blocked XREAD holding the old set must return now."""
         self._changed.set()
-        generation = self._blocked_generation
-        if generation is None or not self.unblock_supported or self.client_id is None:
+        if self._blocked_generation is None or not self.unblock_supported:
             return
         if self._waker is None or self._waker.done():
-            self._waker = asyncio.create_task(self._unblock(generation, self.client_id))
+            self._waker = asyncio.create_task(self._unblock(), name=f"runcast-hub-waker-{self.group}")
 
-    async def _unblock(self, generation: int, client_id: int) -> None:
-        """CLIENT UNBLOCK the reader. 0 means "not blocked (yet)": our XREAD may still be on its way; retry briefly."""
-        for _ in range(50):
-            if self._blocked_generation != generation:
+    async def _unblock(self) -> None:
+        """CLIENT UNBLOCK the reader while its pending XREAD predates a change of the key set.
+
+        A reply of 0 means "not blocked (yet)": the XREAD may still be on its way to the server, so retry briefly.
+        After a success, look again: a change may have come in just as the next XREAD went out."""
+        unblocked: int | None = None
+        attempts = 0
+        while attempts < 50:
+            generation, client_id = self._blocked_generation, self.client_id
+            if generation is None or generation == unblocked or client_id is None or not self._changed.is_set():
                 return
             try:
-                if await self._control.client_unblock(client_id):
-                    return
+                done = await self._control.client_unblock(client_id)
             except ResponseError as exc:  # no such command (old server, some fakes): short blocks from now on
                 log.info("hub: CLIENT UNBLOCK unavailable (%s); using %d ms blocks", exc, self.fallback_block_ms)
                 self.unblock_supported = False
                 return
             except RedisError:
                 return  # the reader's own read fails or times out soon enough
-            await asyncio.sleep(0.002)
+            if done:
+                unblocked, attempts = generation, 0
+            else:
+                attempts += 1
+                await asyncio.sleep(0.002)
 
     # -- the loop --------------------------------------------------------------------------------------------------
 
@@ -172,8 +180,6 @@ class StreamReader:
             raw = await conn.read_response(timeout=block / 1000 + READ_MARGIN_S)
         finally:
             self._blocked_generation = None
-        if isinstance(raw, ResponseError):
-            raise raw
         return [(key, entries) for key, entries in parse_xread(raw) if self.runs.get(key) is snapshot.get(key)]
 
     def _dispatch(self, reply: list[tuple[str, list[Entry]]]) -> None:
@@ -186,17 +192,20 @@ class StreamReader:
     async def _connection(self) -> AbstractConnection:
         if self._conn is None:
             conn = self._connect()
+            client_id: Any = None
             try:
                 await conn.connect()
                 await conn.send_command("CLIENT", "ID")
-                client_id = await conn.read_response()
+                try:
+                    client_id = await conn.read_response()
+                except ResponseError:  # a server without CLIENT ID cannot be woken: short blocks instead
+                    client_id = None
             except BaseException:
                 await conn.disconnect()
                 raise
-            if isinstance(client_id, ResponseError):
-                self.client_id, self.unblock_supported = None, False
-            else:
-                self.client_id = int(client_id)
+            self.client_id = int(client_id) if client_id is not None else None
+            if self.client_id is None:
+                self.unblock_supported = False
             self._conn = conn
         return self._conn
 
