@@ -176,11 +176,17 @@ class Hub:
         run = self.runs.get(run_id)
         if run is not None:
             run.refs += 1
-            await run.ready.wait()
-            if run.join_error is not None:
-                run.refs -= 1
-                raise run.join_error
-            return run
+            try:
+                await run.ready.wait()
+            except BaseException:
+                self._leave(run)
+                raise
+            if run.join_error is None:
+                return run
+            run.refs -= 1
+            if isinstance(run.join_error, asyncio.CancelledError):
+                return await self._join(run_id)  # the viewer doing the join went away, not Redis: join afresh
+            raise run.join_error
         run = RunFeed(run_id, self.group_key(run_id), self.history_size)
         run.refs = 1
         self.runs[run_id] = run

@@ -14,11 +14,13 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from gateway.hub import Hub
+from gateway.hub_backoff import retrying
 from shared.ids import START_ID
 from shared.keys import events_key, meta_key
 from shared.redis_client import redis_from_url
 from shared.streamlog import Entry, Reset, StreamLog
 from tests.support.hub import collect, eventually, hub_metric, new_run, publish
+from tests.support.redis_server import RedisServer
 
 HubFactory = Callable[..., Hub]
 
@@ -114,6 +116,32 @@ async def test_joining_a_trimmed_run_from_the_start_gets_a_reset_then_everything
     resets, got = await asyncio.wait_for(collect(hub.subscribe(run_id, START_ID)), 5)
     assert resets == [Reset(requested=START_ID, first_available=sent[-10])]
     assert ids(got) == sent[-10:]
+
+
+async def test_a_viewer_leaving_during_the_join_neither_leaks_the_run_nor_fails_the_others(
+    make_hub: HubFactory, log: StreamLog
+):
+    hub = make_hub()
+    run_id = await new_run(log)
+    gate = asyncio.Event()
+    real_stream_tail = hub._stream_tail
+
+    async def slow_stream_tail(run: object) -> object:
+        await gate.wait()
+        return await real_stream_tail(run)  # type: ignore[arg-type]
+
+    hub._stream_tail = slow_stream_tail  # type: ignore[method-assign]
+    joining = asyncio.create_task(collect(hub.subscribe(run_id, START_ID)))
+    await asyncio.sleep(0.05)
+    waiting = asyncio.create_task(collect(hub.subscribe(run_id, START_ID)))
+    await asyncio.sleep(0.05)
+    joining.cancel()  # the viewer doing the join hangs up
+    hub._stream_tail = real_stream_tail  # type: ignore[method-assign]
+    await asyncio.sleep(0.05)
+    sent = await publish(log, run_id, 3)
+    assert ids((await asyncio.wait_for(waiting, 5))[1]) == sent
+    assert hub.runs == {}
+    await eventually(lambda: hub.readers == {} and hub_metric("runcast_hub_readers") == 0, what="reader retired")
 
 
 # -- slow subscribers -----------------------------------------------------------------------------------------------
@@ -281,3 +309,30 @@ async def test_redis_connections_stay_bounded_whatever_the_viewer_count(
     for (run_id, k), (_, got) in zip(plans, results, strict=True):
         assert ids(got) == (runs[run_id] + tails[run_id])[k:]
     assert seen and max(seen) <= 3 + 1, f"hub connections seen: {max(seen)} (pool of 3 + 1 reader)"
+
+
+# -- resilience ----------------------------------------------------------------------------------------------------
+
+
+async def test_the_reader_survives_a_redis_restart_and_resumes_every_run_from_its_last_id(real_redis_url: str):
+    """Its own redis-server (append-only file, so the streams survive the restart); a real kill and restart."""
+    server = RedisServer(appendonly=True).start()
+    client = redis_from_url(server.url)
+    log = StreamLog(client)
+    hub = Hub(log)
+    try:
+        run_id = await new_run(log)
+        viewers = [asyncio.create_task(collect(hub.subscribe(run_id, START_ID))) for _ in range(5)]
+        before = await publish(log, run_id, 10, end=False)
+        await eventually(lambda: run_id in hub.runs and hub.runs[run_id].cursor == before[-1], what="delivered")
+        errors = hub_metric("runcast_hub_reader_errors_total")
+        server.restart()
+        await retrying("ping", client.ping)  # the publisher's pooled connection died too
+        after = await publish(log, run_id, 10)
+        for _, got in await asyncio.wait_for(asyncio.gather(*viewers), 20):
+            assert ids(got) == before + after
+        assert hub_metric("runcast_hub_reader_errors_total") > errors
+    finally:
+        await hub.close()
+        await client.aclose()
+        server.cleanup()
