@@ -144,6 +144,35 @@ async def test_a_viewer_leaving_during_the_join_neither_leaks_the_run_nor_fails_
     await eventually(lambda: hub.readers == {} and hub_metric("runcast_hub_readers") == 0, what="reader retired")
 
 
+async def test_entries_waiting_for_a_subscriber_come_as_one_batch_and_their_lag_is_measured(
+    make_hub: HubFactory, log: StreamLog
+):
+    hub = make_hub()
+    run_id = await new_run(log)
+    first_id = (await publish(log, run_id, 1, end=False))[0]
+    viewer = hub.subscribe(run_id, START_ID)
+    assert ids(await anext(viewer)) == [first_id]
+    lag_count = hub_metric("runcast_hub_delivery_lag_seconds_count")
+    delivered = hub_metric("runcast_hub_events_delivered_total")
+    waiting = await publish(log, run_id, 5, end=False)
+    await eventually(lambda: hub.runs[run_id].cursor == waiting[-1], what="the reader got them all")
+    assert ids(await anext(viewer)) == waiting  # five XADDs, five reader rounds or fewer: one batch
+    assert hub_metric("runcast_hub_delivery_lag_seconds_count") == lag_count + 5
+    assert hub_metric("runcast_hub_events_delivered_total") == delivered + 5
+    await viewer.aclose()
+
+
+def test_runcast_feed_picks_the_read_path():
+    from gateway.app import feed_for
+    from gateway.feed import DirectFeed
+    from shared.settings import Settings
+
+    assert Settings().feed == "hub"
+    assert feed_for(Settings(feed="direct")) is DirectFeed
+    feed = feed_for(Settings(feed="hub", hub_queue_size=7, hub_history_size=9))(StreamLog(Redis()))  # no I/O yet
+    assert isinstance(feed, Hub) and (feed.queue_size, feed.history_size) == (7, 9)
+
+
 # -- slow subscribers -----------------------------------------------------------------------------------------------
 
 
