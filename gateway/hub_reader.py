@@ -30,9 +30,10 @@ READ_MARGIN_S = 5.0
 
 
 def parse_xread(reply: Any) -> list[tuple[str, list[Entry]]]:
-    """A raw RESP2 XREAD reply `[[key, [[id, [field, value, ...]], ...]], ...]` (or nil) as entries per key."""
+    """A raw XREAD reply `[[key, [[id, [field, value, ...]], ...]], ...]` (or nil) as entries per key."""
     out: list[tuple[str, list[Entry]]] = []
-    for key, raw_entries in reply or ():
+    pairs = reply.items() if isinstance(reply, dict) else reply or ()  # RESP3 answers with a map
+    for key, raw_entries in pairs:
         entries = []
         for entry_id, flat in raw_entries:
             fields = dict(zip(flat[::2], flat[1::2], strict=True)) if flat else {}
