@@ -95,6 +95,8 @@ class StreamReader:
 
     async def stop(self) -> None:
         self._retired = True
+        metrics.RUNS_FOLLOWED.dec(len(self.runs))
+        self.runs.clear()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

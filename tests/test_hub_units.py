@@ -365,3 +365,20 @@ async def test_the_reader_survives_a_redis_restart_and_resumes_every_run_from_it
         await hub.close()
         await client.aclose()
         server.cleanup()
+
+
+async def test_closing_the_hub_with_viewers_attached_stops_its_tasks_and_resets_its_gauges(log: StreamLog):
+    hub = Hub(log)
+    run_id = await new_run(log)
+    viewers = [asyncio.create_task(collect(hub.subscribe(run_id, START_ID))) for _ in range(3)]
+    await eventually(
+        lambda: hub_metric("runcast_hub_runs_followed") == 1 and hub_metric("runcast_hub_subscribers") == 3
+    )
+    await hub.close()
+    for viewer in viewers:  # what the server does to its open responses when it shuts down
+        viewer.cancel()
+    await asyncio.gather(*viewers, return_exceptions=True)
+    assert hub_metric("runcast_hub_readers") == 0
+    assert hub_metric("runcast_hub_runs_followed") == 0
+    assert hub_metric("runcast_hub_subscribers") == 0
+    assert not [t for t in hub_tasks() if "reader" in t.get_name() or "janitor" in t.get_name()]
