@@ -87,6 +87,8 @@ class StreamReader:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"runcast-hub-reader-{self.group}")
+        metrics.READERS.inc()
+        self._task.add_done_callback(lambda _task: metrics.READERS.dec())  # even if cancelled before it ran
 
     def retire(self) -> None:
         """Stop once the current call returns (woken at once); the hub already routes new runs elsewhere."""
@@ -144,7 +146,6 @@ class StreamReader:
     # -- the loop --------------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        metrics.READERS.inc()
         backoff = Backoff()
         try:
             while not self._retired:
@@ -164,7 +165,6 @@ class StreamReader:
                 backoff.reset()
                 self._dispatch(reply)
         finally:
-            metrics.READERS.dec()
             await self._drop_connection()
 
     async def _xread(self) -> list[tuple[str, list[Entry]]]:

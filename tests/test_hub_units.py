@@ -274,9 +274,11 @@ async def test_readers_stop_when_the_last_viewer_leaves_mid_run(make_hub: HubFac
     hub = make_hub()
     runs = [await new_run(log) for _ in range(3)]
     viewers = [asyncio.create_task(collect(hub.subscribe(run_id, START_ID))) for run_id in runs for _ in range(4)]
-    await eventually(lambda: hub_metric("runcast_hub_runs_followed") == 3, what="3 runs followed")
+    await eventually(
+        lambda: (hub_metric("runcast_hub_runs_followed"), hub_metric("runcast_hub_subscribers")) == (3, 12),
+        what="3 runs followed by 12 subscribers",
+    )
     assert hub_metric("runcast_hub_readers") == 1  # one reader for all runs
-    assert hub_metric("runcast_hub_subscribers") == 12
     for run_id in runs:
         await publish(log, run_id, 2, end=False)
     for viewer in viewers:  # every viewer disconnects mid-run
