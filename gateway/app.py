@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from gateway import routes_events, routes_runs
 from gateway.feed import DirectFeed, EventFeed
+from gateway.hub import Hub
 from gateway.state import GatewayState, get_state
 from shared.redis_client import redis_from_url
 from shared.settings import Settings, get_settings
@@ -28,7 +29,13 @@ FeedFactory = Callable[[StreamLog], EventFeed]
 
 def feed_for(settings: Settings) -> FeedFactory:
     """The read path RUNCAST_FEED names."""
-    return DirectFeed
+    if settings.feed == "direct":
+        return DirectFeed
+
+    def hub(stream_log: StreamLog) -> EventFeed:
+        return Hub(stream_log, queue_size=settings.hub_queue_size, history_size=settings.hub_history_size)
+
+    return hub
 
 
 def create_app(

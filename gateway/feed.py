@@ -1,7 +1,8 @@
 """Where a subscriber's entries come from: its backlog, then the live tail, as batches ending at the terminal event.
 
 `EventFeed` is the seam between the HTTP layer and Redis. `DirectFeed` gives every subscriber its own XREAD loop
-(simple, and the benchmark's `naive` mode); the fan-out hub implements the same protocol with one reader per run.
+(simple, and the benchmark's `naive` mode: `RUNCAST_FEED=direct`); the default is the fan-out hub (`gateway.hub.Hub`),
+which implements the same protocol with one multiplexed XREAD reader per process for all the runs it follows.
 """
 
 from __future__ import annotations
