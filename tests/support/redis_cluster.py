@@ -124,6 +124,33 @@ class LocalCluster:
             if pending:
                 time.sleep(0.05)
 
+    def node(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, decode_responses=True)
+
+    def node_id(self, port: int) -> str:
+        with self.node(port) as client:
+            return client.execute_command("CLUSTER", "MYID")
+
+    def begin_migration(self, slot: int, src: int, dst: int, keys: list[str]) -> None:
+        """`slot` MIGRATING on `src`, IMPORTING on `dst`, `keys` already moved: the state that answers -ASK."""
+        with self.node(dst) as target:
+            target.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", self.node_id(src))
+        with self.node(src) as source:
+            source.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", self.node_id(dst))
+            if keys:
+                source.execute_command("MIGRATE", "127.0.0.1", dst, "", 0, 5000, "KEYS", *keys)
+
+    def finish_migration(self, slot: int, dst: int) -> None:
+        """Hand `slot` to `dst` on every node (no waiting for gossip): old owners now answer -MOVED."""
+        dst_id = self.node_id(dst)
+        for port in [dst, *(p for p in self.ports if p != dst)]:
+            with self.node(port) as client:
+                client.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
+    def move_slot(self, slot: int, src: int, dst: int, keys: list[str]) -> None:
+        self.begin_migration(slot, src, dst, keys)
+        self.finish_migration(slot, dst)
+
     def cleanup(self) -> None:
         for node in self.nodes:
             node.cleanup()
