@@ -218,3 +218,25 @@ async def test_a_plain_redis_is_one_group_read_by_one_xread(real_redis_url: str)
 
 async def test_slot_readers_are_what_readers_for_gives_a_cluster_client(readers: ClusterReaders):
     assert isinstance(readers.open_reader(0), SlotReader)
+
+
+async def test_a_reader_whose_connection_is_killed_reconnects_with_its_new_client_id(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster, readers: ClusterReaders, log: StreamLog
+):
+    run_id, ids = await new_run(log)
+    reader = readers.open_reader(run_slot(run_id))
+    try:
+        assert await reader.xread({run_id: START_ID}, block_ms=None)
+        old_id = reader.client_id
+        with redis_cluster.node(port_of(cluster_client, run_id)) as node:
+            assert node.execute_command("CLIENT", "KILL", "ID", old_id) == 1
+        waiting = asyncio.create_task(reader.xread({run_id: ids[-1]}, block_ms=30_000))
+        await asyncio.sleep(0.2)
+        assert reader.client_id not in (None, old_id)
+        assert await asyncio.wait_for(reader.wake(), 5) is True  # CLIENT UNBLOCK reaches the new connection
+        assert await asyncio.wait_for(waiting, 5) == {}
+        new_id = await log.append(run_id, chunk(run_id, 1))
+        got = await asyncio.wait_for(reader.xread({run_id: ids[-1]}, block_ms=5_000), 10)
+        assert [entry.id for entry in got[run_id]] == [new_id]
+    finally:
+        await reader.aclose()
