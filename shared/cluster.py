@@ -257,6 +257,7 @@ class ClusterReaders:
         self._side: dict[str, Redis] = {}
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        self._slot_node: dict[int, str] = {}  # where each slot's raw reader connection last connected
 
     def group_of(self, run_id: str) -> Hashable:
         return run_slot(run_id)
@@ -284,6 +285,28 @@ class ClusterReaders:
             client = self._side[node_name] = Redis.from_pool(pool)
         return client
 
+    # -- for a hub that manages its own raw reader connections (gateway/hub_reader.StreamReader) -------------------
+
+    def connection_for_slot(self, slot: int, **overrides: Any) -> AbstractConnection:
+        """A new, unconnected connection for one slot's reader. Its `connect()` looks up the slot's primary at
+        connect time, and refreshes the slot map first whenever this slot has connected before: a reader that
+        reconnects after any error (a -MOVED reply included, which it sees as `MovedError`) lands on the new owner."""
+        connection = _slot_connection_class(self.connection_class)(**{**self._kwargs, **overrides})
+        connection.runcast_slot = slot
+        connection.runcast_readers = self
+        return connection
+
+    def control_for_slot(self, slot: int) -> SlotControl:
+        """`client_unblock(client_id)` sent to the node the slot's reader connection is on now."""
+        return SlotControl(self, slot)
+
+    async def _owner_for_connect(self, slot: int) -> tuple[str, int]:
+        if slot in self._slot_node:
+            await self.refresh()
+        host, port = self.address_of_slot(slot)
+        self._slot_node[slot] = f"{host}:{port}"
+        return host, port
+
     async def refresh(self) -> None:
         """Reload the slot map (CLUSTER SLOTS) at most once per burst of redirects, however many readers ask."""
         asked_at = time.monotonic()
@@ -297,6 +320,39 @@ class ClusterReaders:
         side, self._side = self._side, {}
         for client in side.values():
             await client.aclose()
+
+
+class SlotControl:
+    def __init__(self, readers: ClusterReaders, slot: int) -> None:
+        self._readers = readers
+        self._slot = slot
+
+    async def client_unblock(self, client_id: int, error: bool = False) -> bool:
+        node = self._readers._slot_node.get(self._slot)
+        if node is None:
+            return False
+        return bool(await self._readers.side_client(node).client_unblock(client_id, error))
+
+
+_SLOT_CONNECTION_CLASSES: dict[type[AbstractConnection], type[AbstractConnection]] = {}
+
+
+def _slot_connection_class(base: type[AbstractConnection]) -> type[Any]:
+    """`base` (plain or TLS connection) that picks its host and port from the slot map when it connects."""
+    cls = _SLOT_CONNECTION_CLASSES.get(base)
+    if cls is None:
+
+        class SlotConnection(base):  # type: ignore[valid-type, misc]
+            runcast_slot: int
+            runcast_readers: ClusterReaders
+
+            async def connect(self) -> None:
+                if not self.is_connected:
+                    self.host, self.port = await self.runcast_readers._owner_for_connect(self.runcast_slot)
+                await super().connect()
+
+        cls = _SLOT_CONNECTION_CLASSES[base] = SlotConnection
+    return cls
 
 
 def readers_for(client: Redis | RedisCluster) -> SingleNodeReaders | ClusterReaders:

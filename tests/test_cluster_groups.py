@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import MovedError
 
 from shared.cluster import ClusterReaders, SingleNodeReaders, SlotReader, group_by_slot, readers_for, run_slot
 from shared.ids import START_ID, new_run_id
@@ -240,3 +242,49 @@ async def test_a_reader_whose_connection_is_killed_reconnects_with_its_new_clien
         assert [entry.id for entry in got[run_id]] == [new_id]
     finally:
         await reader.aclose()
+
+
+async def test_raw_reader_connections_for_a_slot_follow_it_after_a_move(
+    redis_cluster: LocalCluster, cluster_client: RedisCluster, readers: ClusterReaders, log: StreamLog
+):
+    """The hub-reader flow on raw connections: CLIENT ID, XREAD BLOCK woken by the slot's control, a -MOVED reply
+    once the slot has moved, and the replacement connection for the slot going straight to the new owner."""
+    run_id, ids = await new_run(log)
+    slot, src = run_slot(run_id), port_of(cluster_client, run_id)
+    dst = next(port for port in redis_cluster.ports if port != src)
+    control = readers.control_for_slot(slot)
+    assert await control.client_unblock(1) is False  # no connection for the slot yet: nothing to wake
+
+    async def connect() -> tuple[Any, int]:
+        conn = readers.connection_for_slot(slot, client_name="runcast-hub-reader", socket_timeout=None)
+        await conn.connect()
+        await conn.send_command("CLIENT", "ID")
+        return conn, int(await conn.read_response())
+
+    conn, client_id = await connect()
+    try:
+        assert conn.port == src
+        await conn.send_command("XREAD", "BLOCK", 30_000, "STREAMS", events_key(run_id), ids[-1])
+        await asyncio.sleep(0.05)
+        assert await control.client_unblock(client_id) is True
+        assert await asyncio.wait_for(conn.read_response(), 5) is None
+        await conn.send_command("XREAD", "BLOCK", 30_000, "STREAMS", events_key(run_id), ids[-1])
+        await asyncio.sleep(0.05)
+        redis_cluster.move_slot(slot, src, dst, [events_key(run_id), meta_key(run_id)])
+        with pytest.raises(MovedError):
+            await asyncio.wait_for(conn.read_response(), 5)
+    finally:
+        await conn.disconnect()
+    conn, client_id = await connect()  # a reconnect refreshes the slot map before picking the node
+    try:
+        assert conn.port == dst
+        await conn.send_command("XREAD", "BLOCK", 30_000, "STREAMS", events_key(run_id), ids[-1])
+        new_id = await log.append(run_id, chunk(run_id, 1))
+        reply = await asyncio.wait_for(conn.read_response(), 5)
+        assert reply[0][1][0][0] == new_id
+        await conn.send_command("XREAD", "BLOCK", 30_000, "STREAMS", events_key(run_id), new_id)
+        await asyncio.sleep(0.05)
+        assert await control.client_unblock(client_id) is True  # the control follows the slot too
+        assert await asyncio.wait_for(conn.read_response(), 5) is None
+    finally:
+        await conn.disconnect()
