@@ -23,12 +23,14 @@ from tests.support.sse import Received, create_run, read_sse
 RUNS = 10
 
 
-@pytest.fixture(scope="module")
-def cluster_env(redis_cluster: LocalCluster, module_redis_url: str) -> dict[str, str]:
+@pytest.fixture(scope="module", params=["direct", "hub"])
+def cluster_env(request: pytest.FixtureRequest, redis_cluster: LocalCluster, module_redis_url: str) -> dict[str, str]:
+    """Both gateway read paths (RUNCAST_FEED): the same viewer-visible behaviour is required of each."""
     return {
         "RUNCAST_REDIS_CLUSTER": "true",
         "RUNCAST_QUEUE_REDIS_URL": module_redis_url,
         "RUNCAST_QUEUE_NAME": "runcast:test-cluster-queue",  # no other module's worker can take these jobs
+        "RUNCAST_FEED": request.param,
     }
 
 
