@@ -1,8 +1,8 @@
 """A throwaway 3-master Redis Cluster: three `redis-server --cluster-enabled yes` processes joined by
 `redis-cli --cluster create`, each in its own temp dir, all killed and removed at the end.
 
-Every node needs its port and its cluster-bus port (port + 10000) free, so ports are picked below 55535 with both
-halves checked. Startup takes about a second (most of it `redis-cli` waiting for the nodes to agree).
+Every node needs its port and its cluster-bus port (port + 10000) free, so both are checked, and both stay below the
+ephemeral port range. Startup takes about a second (most of it `redis-cli` waiting for the nodes to agree).
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import redis
 from tests.support.redis_server import RedisServer
 
 BUS_OFFSET = 10_000
-_PORT_RANGE = (20_000, 45_000)  # +10000 stays below 55535 and out of Linux's default ephemeral range start
+# Node ports 20000-22767, bus ports 30000-32767: both below Linux's default ephemeral range (32768-60999), so no
+# outgoing connection or `free_port()` (bind to port 0) can take one between our check and redis-server's bind.
+_PORT_RANGE = (20_000, 22_768)
 
 _NODE_ARGS = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"]
 
