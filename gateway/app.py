@@ -19,7 +19,7 @@ from gateway import routes_events, routes_runs
 from gateway.feed import DirectFeed, EventFeed
 from gateway.hub import Hub
 from gateway.state import GatewayState, get_state
-from shared.redis_client import redis_from_url
+from shared.redis_client import stream_redis
 from shared.settings import Settings, get_settings
 from shared.streamlog import StreamLog
 
@@ -50,8 +50,8 @@ def create_app(
         conf = settings or get_settings()
         secret = conf.secret_bytes()  # refuse to start without RUNCAST_SECRET
         own_redis = redis is None
-        client = redis if redis is not None else redis_from_url(conf.redis_url)
-        arq_pool = queue if queue is not None else await create_pool(RedisSettings.from_dsn(conf.redis_url))
+        client = redis if redis is not None else stream_redis(conf)
+        arq_pool = queue if queue is not None else await create_pool(RedisSettings.from_dsn(conf.queue_url))
         stream_log = StreamLog(client, maxlen=conf.stream_maxlen, retention_s=conf.retention_s)
         feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)

@@ -17,7 +17,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Hashable
 from functools import partial
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from gateway import metrics
@@ -25,6 +25,7 @@ from gateway.hub_backoff import retrying
 from gateway.hub_reader import StreamReader
 from gateway.hub_run import RunFeed
 from gateway.subscriber import Subscriber
+from shared.cluster import ClusterReaders, run_slot
 from shared.ids import START_ID
 from shared.keys import meta_key
 from shared.streamlog import Entry, Reset, StreamLog, to_entries
@@ -56,17 +57,24 @@ class Hub:
         idle_check_s: float = 30.0,
         group_key: GroupKey = single_group,
     ) -> None:
-        base = stream_log.redis.connection_pool
-        self._conn_class = base.connection_class
-        self._conn_kwargs = dict(base.connection_kwargs)
-        pool = BlockingConnectionPool(
-            max_connections=max_connections,
-            timeout=None,
-            connection_class=self._conn_class,
-            **{**self._conn_kwargs, "client_name": "runcast-hub"},
-        )
-        self.redis = Redis(connection_pool=pool)
-        self.log = StreamLog(self.redis, maxlen=stream_log.maxlen, retention_s=stream_log.retention_s)
+        self._cluster: ClusterReaders | None = None
+        if isinstance(stream_log.redis, RedisCluster):  # one group per slot: a cluster XREAD cannot span slots
+            self._cluster = ClusterReaders(stream_log.redis)
+            self.redis = stream_log.redis  # single-slot commands only; the app owns (and closes) this client
+            self.log = stream_log
+            group_key = run_slot
+        else:
+            base = stream_log.redis.connection_pool
+            self._conn_class = base.connection_class
+            self._conn_kwargs = dict(base.connection_kwargs)
+            pool = BlockingConnectionPool(
+                max_connections=max_connections,
+                timeout=None,
+                connection_class=self._conn_class,
+                **{**self._conn_kwargs, "client_name": "runcast-hub"},
+            )
+            self.redis = Redis(connection_pool=pool)
+            self.log = StreamLog(self.redis, maxlen=stream_log.maxlen, retention_s=stream_log.retention_s)
         self.queue_size = queue_size
         self.history_size = history_size
         self.page_size = page_size
@@ -104,7 +112,10 @@ class Hub:
             self._janitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._janitor
-        await self.redis.aclose(close_connection_pool=True)
+        if self._cluster is not None:
+            await self._cluster.aclose()
+        else:
+            await self.redis.aclose(close_connection_pool=True)
 
     # -- serving one subscriber ------------------------------------------------------------------------------------
 
@@ -245,8 +256,8 @@ class Hub:
         if reader is None:
             reader = StreamReader(
                 group,
-                self._reader_connection,
-                self.redis,
+                partial(self._reader_connection, group),
+                self.redis if self._cluster is None else self._cluster.control_for_slot(group),  # type: ignore[arg-type]
                 self._on_entries,
                 block_ms=self.block_ms,
                 fallback_block_ms=self.fallback_block_ms,
@@ -261,11 +272,13 @@ class Hub:
         if reader.task is not None:
             reader.task.add_done_callback(lambda _task: self._retired.discard(reader))
 
-    def _reader_connection(self) -> AbstractConnection:
+    def _reader_connection(self, group: Hashable) -> AbstractConnection:
         """A dedicated connection for one reader (outside the pool: it blocks for seconds at a time)."""
-        kwargs = {**self._conn_kwargs, "client_name": "runcast-hub-reader", "health_check_interval": 0}
-        kwargs["socket_timeout"] = None  # reads carry their own timeout (BLOCK + margin)
-        return self._conn_class(**kwargs)
+        # reads carry their own timeout (BLOCK + margin), hence no socket timeout
+        overrides = {"client_name": "runcast-hub-reader", "health_check_interval": 0, "socket_timeout": None}
+        if self._cluster is not None:  # on the slot's current primary; a reconnect re-reads the slot map first
+            return self._cluster.connection_for_slot(group, **overrides)  # type: ignore[arg-type]
+        return self._conn_class(**{**self._conn_kwargs, **overrides})
 
     def _on_entries(self, run: RunFeed, entries: list[Entry]) -> None:
         run.publish(entries)

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import ConnectionPool, Redis
 
 from gateway.app import create_app
-from shared.redis_client import redis_from_url
+from shared.redis_client import redis_from_url, stream_redis
 from shared.settings import Settings
 from worker.job import run_agent
 from worker.settings import build_state
@@ -39,6 +39,11 @@ def real_clients(redis_url: str) -> tuple[Redis, ArqRedis]:
     return redis_from_url(redis_url), ArqRedis.from_url(redis_url)
 
 
+def configured_clients(settings: Settings) -> tuple[Redis, ArqRedis]:
+    """Streams on RUNCAST_REDIS_URL (a cluster when RUNCAST_REDIS_CLUSTER is set), the queue on its own URL."""
+    return stream_redis(settings), ArqRedis.from_url(settings.queue_url)  # type: ignore[return-value]
+
+
 async def build_embedded(settings: Settings, redis: Redis, queue: ArqRedis) -> tuple[FastAPI, Worker]:
     """A gateway app and an arq worker sharing one process and one Redis."""
     state = await build_state(settings, redis)
@@ -56,7 +61,7 @@ async def build_embedded(settings: Settings, redis: Redis, queue: ArqRedis) -> t
 
 async def serve_demo(host: str, port: int, redis_url: str | None) -> None:
     settings = Settings(secret=secrets.token_urlsafe(32), **({"redis_url": redis_url} if redis_url else {}))
-    redis, queue = real_clients(redis_url) if redis_url else fake_clients()
+    redis, queue = configured_clients(settings) if redis_url else fake_clients()
     app, worker = await build_embedded(settings, redis, queue)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info"))
     print(

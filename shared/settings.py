@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.streaming import StreamConfig
@@ -15,6 +15,12 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RUNCAST_", extra="ignore")
 
     redis_url: str = "redis://localhost:6379/0"
+    redis_cluster: bool = Field(
+        False, description="RUNCAST_REDIS_URL names a Redis Cluster node: run streams and meta spread over the cluster"
+    )
+    queue_redis_url: str | None = Field(
+        None, description="plain Redis for the arq job queue (default: RUNCAST_REDIS_URL); required with a cluster"
+    )
     secret: SecretStr | None = None
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_maxlen: int = Field(10_000, ge=1)
@@ -58,6 +64,20 @@ class Settings(BaseSettings):
     def stream_config(self) -> StreamConfig:
         """The default chunking policy (RUNCAST_CHUNKING, RUNCAST_CHUNK_MAX_DELAY_MS)."""
         return StreamConfig.parse(self.chunking, self.chunk_max_delay_ms)
+
+    @model_validator(mode="after")
+    def _queue_off_cluster(self) -> Settings:
+        if self.redis_cluster and not self.queue_redis_url:
+            raise ValueError(
+                "RUNCAST_REDIS_CLUSTER=true needs RUNCAST_QUEUE_REDIS_URL: arq's job queue cannot live on a Redis "
+                "Cluster (its enqueue is one MULTI over keys in different slots); point it at a plain Redis"
+            )
+        return self
+
+    @property
+    def queue_url(self) -> str:
+        """Where the arq job queue lives (gateway enqueues, worker polls)."""
+        return self.queue_redis_url or self.redis_url
 
     def secret_bytes(self) -> bytes:
         if self.secret is None or not self.secret.get_secret_value():

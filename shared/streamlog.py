@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -35,6 +36,13 @@ end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 return id
+"""
+
+# KEYS: meta.  ARGV: retention_s, then field/value pairs. One atomic step on one key, so it works unchanged on a
+# Redis Cluster (redis-py's cluster client has no MULTI) and a crash can never leave a meta hash without its TTL.
+_CREATE_LUA = """
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
 """
 
 
@@ -94,27 +102,22 @@ class StreamLog:
         self.maxlen = maxlen
         self.retention_s = retention_s
         self._append = redis.register_script(_APPEND_LUA)
+        self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
         self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
     ) -> None:
         now = _now()
-        key = meta_key(run_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                key,
-                mapping={
-                    "agent": agent,
-                    "status": "queued",
-                    "created_at": now,
-                    "updated_at": now,
-                    "last_event_id": "",
-                    "input": input_text,
-                    "metadata": json.dumps(metadata or {}),
-                },
-            )
-            pipe.expire(key, self.retention_s)
-            await pipe.execute()
+        fields = {
+            "agent": agent,
+            "status": "queued",
+            "created_at": now,
+            "updated_at": now,
+            "last_event_id": "",
+            "input": input_text,
+            "metadata": json.dumps(metadata or {}),
+        }
+        await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
 
     async def append(self, run_id: str, event: StreamingEvent) -> str:
         return await self.append_many(run_id, [event])

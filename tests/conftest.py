@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.stack import Stack, running_stack
 
@@ -84,3 +85,18 @@ def module_redis_url(redis_url: str | None) -> str:
     if redis_url is None:
         pytest.skip("needs a real redis-server (not installed here; CI installs it)")
     return redis_url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster (started once per session, only when a test asks). Never faked: skipped off CI
+    without redis-server/redis-cli, a failure under CI=true."""
+    if not cluster_tools_available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but redis-server/redis-cli are missing: .ci/run must install them", pytrace=False)
+        pytest.skip("needs redis-server and redis-cli on PATH for a real Redis Cluster")
+    cluster = LocalCluster().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -8,7 +8,7 @@ from typing import Any
 from arq.connections import RedisSettings
 
 from shared.keys import AGENTS_KEY
-from shared.redis_client import redis_from_url
+from shared.redis_client import stream_redis
 from shared.settings import Settings, get_settings
 from shared.streamlog import StreamLog
 from worker.agents import load_registry
@@ -28,7 +28,7 @@ def build_provider(settings: Settings) -> ModelProvider:
 
 
 async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
-    redis = redis if redis is not None else redis_from_url(settings.redis_url)
+    redis = redis if redis is not None else stream_redis(settings)
     registry = load_registry(settings.agents)
     await redis.hset(AGENTS_KEY, mapping={name: agent.description for name, agent in registry.items()})
     stream_log = StreamLog(redis, maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
@@ -59,7 +59,7 @@ class WorkerSettings:
     functions = [run_agent]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(get_settings().redis_url)
+    redis_settings = RedisSettings.from_dsn(get_settings().queue_url)
     queue_name = get_settings().queue_name
     max_jobs = 200
     job_timeout = 3600
