@@ -258,6 +258,7 @@ class ClusterReaders:
         self._refresh_lock = asyncio.Lock()
         self._refreshed_at = 0.0
         self._slot_node: dict[int, str] = {}  # where each slot's raw reader connection last connected
+        self._owners: dict[tuple[int, int], tuple[str, int]] = {}  # slot range -> primary, once refreshed
 
     def group_of(self, run_id: str) -> Hashable:
         return run_slot(run_id)
@@ -268,7 +269,10 @@ class ClusterReaders:
         return SlotReader(self, group)
 
     def address_of_slot(self, slot: int) -> tuple[str, int]:
-        node = self.cluster.nodes_manager.get_node_from_slot(slot)
+        for (start, end), owner in self._owners.items():
+            if start <= slot <= end:
+                return owner
+        node = self.cluster.nodes_manager.get_node_from_slot(slot)  # read-only use of the client's map
         return node.host, int(node.port)
 
     def remap(self, host: str, port: int) -> tuple[str, int]:
@@ -308,12 +312,19 @@ class ClusterReaders:
         return host, port
 
     async def refresh(self) -> None:
-        """Reload the slot map (CLUSTER SLOTS) at most once per burst of redirects, however many readers ask."""
+        """Reload the slot map (CLUSTER SLOTS) at most once per burst of redirects, however many readers ask.
+
+        The map is our own: re-initialising the shared client's NodesManager from here would race with the
+        commands it has in flight (it swaps and disconnects node objects outside the client's own lock)."""
         asked_at = time.monotonic()
         async with self._refresh_lock:
             if self._refreshed_at >= asked_at:
                 return
-            await self.cluster.nodes_manager.initialize()
+            slots = await self.cluster.cluster_slots()
+            self._owners = {
+                (int(start), int(end)): self.remap(*_host_port(info["primary"]))
+                for (start, end), info in slots.items()
+            }
             self._refreshed_at = time.monotonic()
 
     async def aclose(self) -> None:
@@ -353,6 +364,11 @@ def _slot_connection_class(base: type[AbstractConnection]) -> type[Any]:
 
         cls = _SLOT_CONNECTION_CLASSES[base] = SlotConnection
     return cls
+
+
+def _host_port(primary: Any) -> tuple[str, int]:
+    host, port = primary[0], primary[1]
+    return (host.decode() if isinstance(host, bytes) else host), int(port)
 
 
 def readers_for(client: Redis | RedisCluster) -> SingleNodeReaders | ClusterReaders:
