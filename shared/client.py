@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Self
 
@@ -164,8 +164,8 @@ class _Dropped(Exception):
 class RunStream:
     """An async iterator over one run's events that reconnects and resumes by itself.
 
-    Attributes the caller may watch while iterating: `last_event_id` (the resume point), `reconnects` (how many times
-    it had to reconnect), `connections` (responses opened).
+    Attributes the caller may watch while iterating: `last_event_id` (the resume point), `reconnects` (attempts to
+    reconnect so far), `connections` (requests opened). `on_retry(failures, delay_s, exc)` is called before each wait.
     """
 
     def __init__(
@@ -178,8 +178,10 @@ class RunStream:
         max_retries: int = 8,
         backoff_s: float = 0.2,
         max_backoff_s: float = 5.0,
+        on_retry: Callable[[int, float, Exception], None] | None = None,
     ) -> None:
         self._client = client
+        self.on_retry = on_retry
         self.run_id = run_id
         self.token = token
         self.last_event_id = last_event_id
@@ -218,7 +220,10 @@ class RunStream:
                     raise GatewayUnavailable(
                         f"gave up after {failures} failed attempts to stream run {self.run_id}: {exc}"
                     ) from exc
-                await asyncio.sleep(self._delay(failures))
+                delay = self._delay(failures)
+                if self.on_retry is not None:
+                    self.on_retry(failures, delay, exc)
+                await asyncio.sleep(delay)
 
     async def _ended_before_us(self) -> bool:
         """After a response that ended without a terminal event: True when the run had in fact already ended at or
@@ -288,7 +293,10 @@ class RuncastClient:
         stream_read_timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
-        parsed = httpx.URL(base_url)
+        try:
+            parsed = httpx.URL(base_url)
+        except httpx.InvalidURL as exc:
+            raise BadRequest(f"bad gateway URL {base_url!r}: {exc}") from None
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise BadRequest(f"gateway URL must look like http://host:port, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
