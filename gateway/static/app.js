@@ -97,6 +97,7 @@ class RunRenderer {
     const data = event.data || {};
     this.events += 1;
     $("event-count").textContent = this.events;
+    if (current?.sub) $("reconnects").dataset.duplicates = current.sub.duplicates;
     if (id) $("last-id").textContent = id;
     switch (event.type) {
       case "start":
@@ -231,6 +232,7 @@ async function attach(runId, token, { agent = "", viewer = false } = {}) {
     onStatus: (state, info) => {
       $("conn-state").textContent = `${state} · ${transport.toUpperCase()}`;
       $("reconnects").textContent = sub?.reconnects ?? 0;
+      $("reconnects").dataset.duplicates = sub?.duplicates ?? 0; // events the server repeated (must stay 0)
       if (sub && info.resumeId !== undefined && (state === "connecting" || state === "reconnecting")) {
         $("resume-id").textContent = info.resumeId || "start";
         renderer.note(`${info.dropped ? "dropped; " : ""}resuming after ${info.resumeId || "the start"}`);
