@@ -4,6 +4,7 @@ of the same run, "drop connection" resumes with no gap or duplicate, and the pag
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import tempfile
@@ -13,7 +14,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.processes import GatewayProcess, WorkerProcess
+from shared.ids import new_run_id
+from shared.keys import events_key
+from shared.redis_client import redis_from_url
+from shared.streaming import (
+    StreamingChunk,
+    StreamingError,
+    StreamingEvent,
+    StreamingEventType,
+    StreamingMetadata,
+    StreamingToolCall,
+    StreamingToolResult,
+)
+from shared.streamlog import StreamLog
+from shared.tokens import issue_token
+from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = [
@@ -90,8 +105,14 @@ def wait(driver: webdriver.Chrome, condition, message: str):
     return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda d: condition(d), message)
 
 
+def open_page(driver: webdriver.Chrome, url: str) -> None:
+    """A fresh document each time (a hash-only change would keep the previous run's page state)."""
+    driver.get("about:blank")
+    driver.get(url)
+
+
 def start_run(driver: webdriver.Chrome, url: str, transport: str) -> None:
-    driver.get(url + "/")
+    open_page(driver, url + "/")
     wait(
         driver,
         lambda d: (
@@ -174,7 +195,94 @@ def test_page_streams_shares_and_resumes_after_a_dropped_connection(
 
 def test_a_share_link_with_a_bad_token_shows_a_clear_error(browser: webdriver.Chrome, site: str):
     driver = browser
-    driver.get(f"{site}/#run={'a' * 32}&token=forged.token")
+    open_page(driver, f"{site}/#run={'a' * 32}&token=forged.token")
     wait(driver, lambda d: d.find_element(By.ID, "run-error").is_displayed(), "no error shown")
     assert "malformed token" in text_of(driver, "run-error")
     assert text_of(driver, "status").lower() == "failed"
+
+
+def seed_run(redis_url: str, events: list[StreamingEvent], trim_to: int | None = None) -> tuple[str, str]:
+    """A run whose events the test writes itself (no worker): every event type the page must render."""
+    run_id = new_run_id()
+
+    async def write() -> None:
+        redis = redis_from_url(redis_url)
+        try:
+            log = StreamLog(redis)
+            await log.create_run(run_id, "triage", "what is 6 * 7?")
+            for event in events:
+                await log.append(run_id, event)
+            if trim_to is not None:
+                await redis.xtrim(events_key(run_id), maxlen=trim_to, approximate=False)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(write())
+    return run_id, issue_token(TEST_SECRET.encode(), run_id, 600)
+
+
+def handoff_run_events(run_id: str) -> list[StreamingEvent]:
+    def ev(kind: StreamingEventType, data: object) -> StreamingEvent:
+        return StreamingEvent(kind, data, run_id=run_id)  # type: ignore[arg-type]
+
+    return [
+        ev(StreamingEventType.START, StreamingMetadata("triage", "scripted")),
+        ev(StreamingEventType.CHUNK, StreamingChunk("Handing over.", "Handing over.", False, 1)),
+        ev(StreamingEventType.AGENT_SWITCH, {"from_agent": "triage", "to_agent": "demo"}),
+        ev(StreamingEventType.TOOL_CALL, StreamingToolCall("calculator", {"expression": "6 * 7"}, "call-1")),
+        ev(StreamingEventType.TOOL_RESULT, StreamingToolResult("calculator", "call-1", 42, "completed", 0.4)),
+        ev(StreamingEventType.CHUNK, StreamingChunk("The answer", "The answer", False, 2)),
+        ev(StreamingEventType.CHUNK, StreamingChunk("The answer is 42.", " is 42.", False, 3)),
+        ev(StreamingEventType.METADATA, StreamingMetadata("demo", "scripted", 2, 17, 12.5)),
+    ]
+
+
+def test_page_renders_tool_calls_results_and_agent_switches(
+    browser: webdriver.Chrome, site: str, module_redis_url: str, shots: Path
+):
+    run_id = new_run_id()
+    events = [*handoff_run_events(run_id), StreamingEvent(StreamingEventType.COMPLETE, {}, run_id=run_id)]
+    run_id, token = seed_run(module_redis_url, events)
+    driver = browser
+    open_page(driver, f"{site}/#run={run_id}&token={token}")
+    wait(driver, lambda d: text_of(d, "status").lower() == "completed", "the seeded run did not render to the end")
+
+    agents = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#transcript .msg-agent")]
+    assert [a.lower() for a in agents] == ["triage", "demo"]
+    assert page_text(driver) == "Handing over.The answer is 42."
+    assert driver.find_element(By.CSS_SELECTOR, "#transcript .switch").text == "handoff: triage → demo"
+    card = driver.find_element(By.CSS_SELECTOR, "#transcript .tool-card.done")
+    assert "calculator" in card.text and '"expression": "6 * 7"' in card.text and "→ 42" in card.text
+    assert "completed · 0.4 ms" in card.text
+    types = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#event-log .type")]
+    assert types == [
+        "start",
+        "chunk",
+        "agent_switch",
+        "tool_call",
+        "tool_result",
+        "chunk",
+        "chunk",
+        "metadata",
+        "complete",
+    ]
+    wait(driver, lambda d: d.find_element(By.ID, "summary").is_displayed(), "no summary")
+    assert "identical" in text_of(driver, "summary-check")
+    driver.save_screenshot(str(shots / "handoff.png"))
+
+
+def test_page_shows_a_cancelled_run_and_a_trimmed_log_without_hiding_the_gap(
+    browser: webdriver.Chrome, site: str, module_redis_url: str
+):
+    run_id = new_run_id()
+    cancelled = StreamingEvent(StreamingEventType.ERROR, StreamingError("cancelled", "cancelled by the user"))
+    run_id, token = seed_run(module_redis_url, [*handoff_run_events(run_id), cancelled], trim_to=3)
+    driver = browser
+    open_page(driver, f"{site}/#run={run_id}&token={token}")
+    wait(driver, lambda d: text_of(d, "status").lower() == "cancelled", "the cancelled status was not shown")
+    notices = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#transcript .notice")]
+    assert len(notices) == 2
+    assert "trimmed" in notices[0]
+    assert notices[1] == "cancelled: cancelled by the user"
+    assert page_text(driver) == " is 42.", "only what was kept is shown, after the reset notice"
+    assert driver.find_element(By.ID, "cancel").get_attribute("disabled") is not None

@@ -116,7 +116,7 @@ class RunRenderer {
         this.endBlock();
         const card = el("div", "tool-card");
         const head = el("header");
-        head.append(el("span", "", "🔧"), el("span", "tool-name", data.tool_name), el("span", "tool-state", "running…"));
+        head.append(el("span", "tool-badge", "tool"), el("span", "tool-name", data.tool_name), el("span", "tool-state", "running…"));
         card.append(head, el("pre", "tool-args", pretty(data.arguments)));
         $("transcript").append(card);
         this.tools.set(data.call_id, card);

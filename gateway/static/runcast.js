@@ -118,7 +118,9 @@ export function subscribe(runUrlOrId, options = {}) {
     for (const type of [...EVENT_TYPES, "reset"]) {
       source.addEventListener(type, (message) => {
         if (state.connection !== source) return;
-        deliver(message.lastEventId || null, JSON.parse(message.data));
+        const data = JSON.parse(message.data);
+        // SSE carries a reset's payload bare (SPEC §6); give callbacks the same {type, data} shape as WebSocket.
+        deliver(type === "reset" ? null : message.lastEventId || null, type === "reset" ? { type, data } : data);
       });
     }
     source.onerror = () => {
