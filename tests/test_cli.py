@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -11,8 +12,20 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
+from rich.console import Console
 
+from runcast.terminal import LiveView, PlainView, Progress
+from shared.client import ResetEvent, StreamItem
 from shared.redis_client import redis_from_url
+from shared.streaming import (
+    StreamingChunk,
+    StreamingError,
+    StreamingEvent,
+    StreamingEventType,
+    StreamingMetadata,
+    StreamingToolCall,
+    StreamingToolResult,
+)
 from shared.streamlog import StreamLog
 from shared.tokens import issue_token
 from tests.support.ports import free_port
@@ -169,3 +182,63 @@ async def test_tail_of_an_unknown_run_says_not_found(deployment: str, http: http
     )
     assert done.code == 2 and done.out == ""
     assert done.err.strip() == "runcast: not found (404): no such run (unknown, or expired after its retention period)"
+
+
+def handoff_items() -> list[StreamItem]:
+    def item(n: int, kind: StreamingEventType, data: object) -> StreamItem:
+        return StreamItem(f"1-{n}", StreamingEvent(kind, data))  # type: ignore[arg-type]
+
+    return [
+        item(0, StreamingEventType.START, StreamingMetadata("triage", "scripted")),
+        item(1, StreamingEventType.CHUNK, StreamingChunk("Handing over.", "Handing over.")),
+        item(2, StreamingEventType.AGENT_SWITCH, {"from_agent": "triage", "to_agent": "demo"}),
+        item(3, StreamingEventType.TOOL_CALL, StreamingToolCall("calculator", {"expression": "6 * 7"}, "c1")),
+        item(4, StreamingEventType.TOOL_RESULT, StreamingToolResult("calculator", "c1", 42, "completed", 0.5)),
+        StreamItem(None, ResetEvent("trimmed", "1-4", "1-9")),
+        item(9, StreamingEventType.CHUNK, StreamingChunk("42", "The answer is 42.\nDone")),
+        item(10, StreamingEventType.ERROR, StreamingError("cancelled", "stopped")),
+    ]
+
+
+def test_plain_view_prints_every_event_type_on_its_own_line():
+    out, err = io.StringIO(), io.StringIO()
+    view = PlainView(Progress("f" * 32), out, err)
+    for item in handoff_items():
+        view.show(item)
+    view.close()
+    assert out.getvalue().splitlines() == [
+        "[start] agent=triage model=scripted",
+        "Handing over.",
+        "[agent_switch] triage -> demo",
+        '[tool_call] calculator {"expression": "6 * 7"} (c1)',
+        "[tool_result] calculator -> 42 (0.5 ms)",
+        "[reset] events after 1-4 were trimmed; continuing from 1-9",
+        "The answer is 42.",
+        "Done",
+        "[error] cancelled: stopped",
+    ]
+
+
+def test_live_view_draws_tool_cards_switches_and_a_status_line_on_a_terminal():
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, height=30, color_system=None)
+    progress = Progress("f" * 32, agent="triage", status="running")
+    view = LiveView(progress, console)
+    for item in handoff_items():
+        view.show(item)
+    progress.status = "cancelled"
+    view.close()
+    text = screen.getvalue()
+    for expected in (
+        "triage · scripted",
+        "Handing over.",
+        "agent switch: triage → demo",
+        "tool · calculator",
+        'arguments {"expression": "6 * 7"}',
+        "result    42",
+        "trimmed; continuing from 1-9",
+        "The answer is 42.",
+        "error · cancelled",
+        "● cancelled · run ffffffff · agent triage",
+    ):
+        assert expected in text, expected
