@@ -105,6 +105,12 @@ def wait(driver: webdriver.Chrome, condition, message: str):
     return WebDriverWait(driver, WAIT_S, poll_frequency=0.05).until(lambda d: condition(d), message)
 
 
+def wait_until_rendered(driver: webdriver.Chrome) -> None:
+    """The page shows the `/result` summary once the run's terminal event has been delivered and rendered (the status
+    pill alone is not enough: a viewer of a finished run shows the status from `GET /v1/runs/{id}` at once)."""
+    wait(driver, lambda d: d.find_element(By.ID, "summary").is_displayed(), "the run was never rendered to its end")
+
+
 def open_page(driver: webdriver.Chrome, url: str) -> None:
     """A fresh document each time (a hash-only change would keep the previous run's page state)."""
     driver.get("about:blank")
@@ -171,13 +177,15 @@ def test_page_streams_shares_and_resumes_after_a_dropped_connection(
     driver.get(share)
     wait(driver, lambda d: text_of(d, "run-id") == run_id, "the share link did not open the run")
     assert driver.find_element(By.ID, "viewer-badge").is_displayed()
-    wait(driver, lambda d: text_of(d, "status").lower() == "completed", "second viewer never saw the end")
+    wait_until_rendered(driver)
+    assert text_of(driver, "status").lower() == "completed"
     assert page_text(driver) == TEXT
     driver.close()
     driver.switch_to.window(main)
 
     # The first viewer ends with exactly the input: nothing lost or repeated across the drop.
-    wait(driver, lambda d: text_of(d, "status").lower() == "completed", "the run did not complete on the page")
+    wait_until_rendered(driver)
+    assert text_of(driver, "status").lower() == "completed"
     assert page_text(driver) == TEXT
     assert text_of(driver, "reconnects") == "1"
     duplicates = driver.find_element(By.ID, "reconnects").get_attribute("data-duplicates")
@@ -188,7 +196,6 @@ def test_page_streams_shares_and_resumes_after_a_dropped_connection(
     token = share.split("token=", 1)[1]
     result = httpx.get(f"{site}/v1/runs/{run_id}/result", params={"token": httpx.URL(f"?t={token}").params["t"]})
     assert result.status_code == 200 and result.json()["content"] == page_text(driver) == TEXT
-    wait(driver, lambda d: d.find_element(By.ID, "summary").is_displayed(), "no summary")
     assert "identical" in text_of(driver, "summary-check")
     driver.save_screenshot(str(shots / f"done-{transport}.png"))
 
@@ -245,7 +252,8 @@ def test_page_renders_tool_calls_results_and_agent_switches(
     run_id, token = seed_run(module_redis_url, events)
     driver = browser
     open_page(driver, f"{site}/#run={run_id}&token={token}")
-    wait(driver, lambda d: text_of(d, "status").lower() == "completed", "the seeded run did not render to the end")
+    wait_until_rendered(driver)
+    assert text_of(driver, "status").lower() == "completed"
 
     agents = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#transcript .msg-agent")]
     assert [a.lower() for a in agents] == ["triage", "demo"]
@@ -266,7 +274,6 @@ def test_page_renders_tool_calls_results_and_agent_switches(
         "metadata",
         "complete",
     ]
-    wait(driver, lambda d: d.find_element(By.ID, "summary").is_displayed(), "no summary")
     assert "identical" in text_of(driver, "summary-check")
     driver.save_screenshot(str(shots / "handoff.png"))
 
@@ -279,7 +286,8 @@ def test_page_shows_a_cancelled_run_and_a_trimmed_log_without_hiding_the_gap(
     run_id, token = seed_run(module_redis_url, [*handoff_run_events(run_id), cancelled], trim_to=3)
     driver = browser
     open_page(driver, f"{site}/#run={run_id}&token={token}")
-    wait(driver, lambda d: text_of(d, "status").lower() == "cancelled", "the cancelled status was not shown")
+    wait_until_rendered(driver)
+    assert text_of(driver, "status").lower() == "cancelled"
     notices = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#transcript .notice")]
     assert len(notices) == 2
     assert "trimmed" in notices[0]
