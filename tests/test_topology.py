@@ -8,13 +8,17 @@ the one queue, and their streams are served by either gateway.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import signal
 from collections.abc import Iterator
 
 import httpx
 import pytest
+import websockets
 
+from tests.support.nginx import LoadBalancer, nginx_binary
 from tests.support.processes import GatewayProcess, WorkerProcess, start_all
 from tests.support.sse import TERMINAL, Received, create_run, read_sse
 
@@ -85,3 +89,49 @@ async def test_viewers_hopping_between_gateways_see_exactly_one_uninterrupted_se
     assert not taken[0] & taken[1], "no run was executed twice"
     assert taken[0] == {run["run_id"] for run, *_ in results[: RUNS // 2]}, "worker 1 ran the first half"
     assert taken[1] == {run["run_id"] for run, *_ in results[RUNS // 2 :]}, "worker 2 ran the second half"
+
+
+@pytest.fixture(scope="module")
+def load_balancer(topology: tuple[list[GatewayProcess], list[WorkerProcess]]) -> Iterator[LoadBalancer]:
+    """deploy/nginx.conf, for real, in front of both gateways."""
+    binary = nginx_binary()
+    if binary is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but nginx is missing: .ci/run must install it", pytrace=False)
+        pytest.skip("needs nginx (apt-get install -y nginx-light)")
+    balancer = LoadBalancer([gateway.port for gateway in topology[0]]).start(binary)
+    yield balancer
+    balancer.stop()
+
+
+async def test_load_balancer_config_streams_sse_live_and_resumes_through_it(
+    load_balancer: LoadBalancer, topology: tuple[list[GatewayProcess], list[WorkerProcess]], http: httpx.AsyncClient
+):
+    lb = load_balancer.url
+    run = await create_run(http, lb, "echo", " ".join(f"w{i}" for i in range(40)))
+    assert run["events_url"].startswith(f"{lb}/v1/runs/"), "run URLs must point at the load balancer"
+
+    first = await read_sse(http, lb, run["run_id"], run["token"], limit=3)
+    status = (await http.get(f"{lb}/v1/runs/{run['run_id']}", params={"token": run["token"]})).json()
+    assert status["status"] == "running", "events reached us while the run was live: nothing buffered them"
+    rest = await read_sse(http, lb, run["run_id"], run["token"], last_event_id=first[-1].id)
+    whole = await read_sse(http, topology[0][0].url, run["run_id"], run["token"])
+    assert first + rest == whole
+
+    log = load_balancer.access_log()
+    assert "token=" not in log, "the access log must not record run tokens"
+    used = {gateway.port for gateway in topology[0] if f"upstream=127.0.0.1:{gateway.port}" in log}
+    assert len(used) == 2, f"the load balancer used both gateways:\n{log}"
+
+
+async def test_load_balancer_config_upgrades_websockets(
+    load_balancer: LoadBalancer, topology: tuple[list[GatewayProcess], list[WorkerProcess]], http: httpx.AsyncClient
+):
+    run = await create_run(http, load_balancer.url, "echo", "through nginx over a websocket")
+    messages = []
+    async with websockets.connect(f"{run['ws_url']}?token={run['token']}") as socket:
+        async for raw in socket:
+            messages.append(json.loads(raw))
+        assert socket.close_code == 1000
+    whole = await read_sse(http, topology[0][1].url, run["run_id"], run["token"])
+    assert [(m["id"], m["event"]) for m in messages] == [(e.id, e.data) for e in whole]
