@@ -145,7 +145,7 @@ export function subscribe(runUrlOrId, options = {}) {
   }
 
   function connectWs() {
-    const socket = new WebSocket(urlFor("ws", location.protocol === "https:" ? "wss:" : "ws:"));
+    const socket = new WebSocket(urlFor("ws", runUrl.startsWith("https:") ? "wss:" : "ws:"));
     state.connection = socket;
     socket.onopen = () => setStatus("open", { resumeId: state.resumeId });
     socket.onmessage = (message) => {
