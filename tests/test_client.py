@@ -30,7 +30,7 @@ from tests.support.proxy import SeveringProxy
 from tests.support.sse import read_sse
 from tests.support.stack import Stack, running_stack
 
-TEXT = " ".join(f"word{i}" for i in range(30))
+TEXT = " ".join(f"word{i}" for i in range(40))
 
 
 @pytest.fixture
@@ -73,7 +73,7 @@ async def test_stream_resumes_after_the_server_cuts_the_connection_with_no_gap_o
     client: RuncastClient, http: httpx.AsyncClient, slow_stack: Stack
 ):
     run = await client.create_run("echo", TEXT)
-    cut_after = {3, 9, 20}
+    cut_after = {3, 9, 15}
     async with SeveringProxy(httpx.URL(slow_stack.url).port) as proxy, RuncastClient(proxy.url) as via_proxy:
         stream = via_proxy.stream(run.run_id, run.token)
         items: list[StreamItem] = []
