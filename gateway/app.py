@@ -11,6 +11,7 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from fastapi import Depends, FastAPI, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -92,6 +93,13 @@ def create_app(
     @app.get("/", include_in_schema=False)
     async def demo_page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html")
+
+    @app.get("/runcast.js", include_in_schema=False)
+    async def runcast_js() -> FileResponse:
+        """The browser client (ES module): `import { subscribe } from "/runcast.js"`."""
+        return FileResponse(STATIC_DIR / "runcast.js", media_type="text/javascript")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     return app
 

@@ -53,6 +53,27 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from runcast.follow import run_command
+
+    return run_command(args.url, args.api_key, args.agent, args.input, as_json=args.json)
+
+
+def _cmd_tail(args: argparse.Namespace) -> int:
+    from runcast.follow import tail_command
+
+    return tail_command(args.url, args.run_id, args.token, args.from_id, as_json=args.json)
+
+
+def _add_client_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("RUNCAST_URL", "http://127.0.0.1:8000"),
+        help="the gateway (or load balancer) base URL; default $RUNCAST_URL or http://127.0.0.1:8000",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object per event instead of a view")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="runcast", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="the arq worker that runs agents")
     worker.set_defaults(handler=_cmd_worker)
+
+    run = commands.add_parser("run", help="create a run through a gateway and follow it live")
+    run.add_argument("agent", metavar="AGENT")
+    run.add_argument("input", metavar="INPUT")
+    _add_client_options(run)
+    run.add_argument(
+        "--api-key", default=os.environ.get("RUNCAST_API_KEY"), help="API key when the gateway requires one"
+    )
+    run.set_defaults(handler=_cmd_run)
+
+    tail = commands.add_parser("tail", help="follow one run live, resuming on disconnect")
+    tail.add_argument("run_id", metavar="RUN_ID")
+    tail.add_argument("--from", dest="from_id", metavar="EVENT_ID", default=None, help="start after this event id")
+    tail.add_argument("--token", default=os.environ.get("RUNCAST_TOKEN"), help="the run's token ($RUNCAST_TOKEN)")
+    _add_client_options(tail)
+    tail.set_defaults(handler=_cmd_tail)
     return parser
 
 

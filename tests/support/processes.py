@@ -103,6 +103,9 @@ class GatewayProcess(Process):
 
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         super().start()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> GatewayProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not self.alive():
@@ -122,6 +125,9 @@ class WorkerProcess(Process):
 
     def start(self, timeout: float = 20.0) -> WorkerProcess:
         super().start()
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 20.0) -> WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # ready once it has logged its start line
             if not self.alive():
@@ -130,3 +136,11 @@ class WorkerProcess(Process):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"worker did not start:\n{self.log()}")
+
+
+def start_all(*procs: GatewayProcess | WorkerProcess, timeout: float = 30.0) -> None:
+    """Launch every process first, then wait for each: start-up (mostly imports) overlaps instead of adding up."""
+    for proc in procs:
+        Process.start(proc)
+    for proc in procs:
+        proc.wait_ready(timeout)
