@@ -101,11 +101,11 @@ class LoadFleet:
             replies.append(reply)
         return replies
 
-    async def ask(self, message: tuple[Any, ...] | None, expect: str, timeout: float) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self._ask, message, expect, timeout)
+    async def ask(self, message: tuple[Any, ...] | None, expect: str, limit_s: float) -> list[tuple[Any, ...]]:
+        return await asyncio.to_thread(self._ask, message, expect, limit_s)
 
-    async def connected(self, timeout: float) -> tuple[int, dict[str, int]]:
-        replies = await self.ask(None, "connected", timeout)
+    async def connected(self, limit_s: float) -> tuple[int, dict[str, int]]:
+        replies = await self.ask(None, "connected", limit_s)
         errors: dict[str, int] = {}
         for reply in replies:
             for reason, count in reply[3].items():
@@ -116,8 +116,8 @@ class LoadFleet:
         replies = await self.ask(("progress", targets), "progress", 30)
         return sum(reply[1] for reply in replies), [reply[2] for reply in replies]
 
-    async def finish(self, expected: dict[str, tuple[int, int]], timeout: float) -> list[dict[str, Any]]:
-        replies = await self.ask(("finish", expected, timeout), "result", timeout + 30)
+    async def finish(self, expected: dict[str, tuple[int, int]], limit_s: float) -> list[dict[str, Any]]:
+        replies = await self.ask(("finish", expected, limit_s), "result", limit_s + 30)
         return [reply[1] for reply in replies]
 
     def stop(self) -> None:
@@ -160,15 +160,17 @@ class Probe:
             "wall_s": round(wall, 3),
             "gateway_cpu_pct": round(100 * (after["gateway_cpu"] - before["gateway_cpu"]) / wall, 1),
             "redis_cpu_pct": round(100 * (ra.cpu_s - rb.cpu_s) / wall, 1),
-            "load_cpu_pct": [round(100 * (a - b) / wall, 1) for a, b in zip(after["load_cpu"], before["load_cpu"])],
+            "load_cpu_pct": [
+                round(100 * (a - b) / wall, 1) for a, b in zip(after["load_cpu"], before["load_cpu"], strict=True)
+            ],
             "redis_cmds_per_event": round(sum(commands.values()) / max(events, 1), 2),
             "redis_cmds": commands,
         }
 
 
-async def drain(fleet: LoadFleet, publisher: Publisher, timeout: float) -> tuple[bool, int]:
+async def drain(fleet: LoadFleet, publisher: Publisher, limit_s: float) -> tuple[bool, int]:
     """Wait until every live viewer has every event published so far; (drained?, viewers still behind)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while True:
         behind, _ = await fleet.progress(dict(publisher.published))
         if behind == 0:

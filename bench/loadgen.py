@@ -254,9 +254,7 @@ class LoadRunner:
             self.open += 1
             async with gate:
                 try:
-                    await asyncio.wait_for(
-                        loop.create_connection(lambda: viewer, self.host, self.port), timeout=30
-                    )
+                    await asyncio.wait_for(loop.create_connection(lambda: viewer, self.host, self.port), timeout=30)
                     await asyncio.wait_for(asyncio.shield(viewer.ready), timeout=30)
                 except (OSError, TimeoutError) as exc:
                     viewer.fail(f"connect: {type(exc).__name__}: {exc}"[:120])
@@ -276,10 +274,10 @@ class LoadRunner:
             if viewer.failure is None and not viewer.done and viewer.count < targets.get(viewer.run_id, 0)
         )
 
-    async def finish(self, expected: dict[str, tuple[int, int]], timeout: float) -> dict[str, Any]:
+    async def finish(self, expected: dict[str, tuple[int, int]], limit_s: float) -> dict[str, Any]:
         if self.open > 0:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.all_finished.wait(), timeout)
+                await asyncio.wait_for(self.all_finished.wait(), limit_s)
         self.close_all()
         reasons: Counter[str] = Counter()
         complete = 0

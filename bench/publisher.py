@@ -50,7 +50,8 @@ class Publisher:
 
     async def _append(self, run_id: str, phase: str, kind: StreamingEventType = StreamingEventType.CHUNK) -> None:
         n = self.published[run_id] + 1
-        data = StreamingChunk(content=self.content, delta=" tok", token_count=n) if kind is StreamingEventType.CHUNK else {}
+        chunk = kind is StreamingEventType.CHUNK
+        data = StreamingChunk(content=self.content, delta=" tok", token_count=n) if chunk else {}
         event = StreamingEvent(kind, data, timestamp=time.time(), run_id=run_id, trace_id=phase)
         entry_id = await self.log.append(run_id, event)
         count, checksum = self.tally[run_id]

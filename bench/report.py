@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+LABELS = ["mode", "feed", "cell", "viewers", "runs"]
+STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
+STEADY_HEADERS += ["read/ev", "CPU %", "drained"]
+RATIO_HEADERS = ["cell", "viewers", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
+RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive"]
 LOAD_BOUND_PCT = 85.0
 """A load process above this CPU share may be what limits the figures, not the gateway."""
 
@@ -146,8 +151,8 @@ def warnings(cells: list[dict[str, Any]]) -> list[str]:
             h, n = hub["steady"]["read_cmds_per_event"], naive["steady"]["read_cmds_per_event"]
             if h >= 0.5 * n:
                 out.append(
-                    f"N={viewers:,}: hub reads with {h:.1f} Redis commands/event vs naive {n:.1f}: the hub read path does"
-                    " not look active in this build (is RUNCAST_FEED=hub implemented?)"
+                    f"N={viewers:,}: hub reads with {h:.1f} Redis commands/event vs naive {n:.1f}: the hub read path"
+                    " does not look active in this build (is RUNCAST_FEED=hub implemented?)"
                 )
     return out
 
@@ -161,15 +166,13 @@ def render(result: dict[str, Any]) -> str:
         "",
         "steady phase (latency)        CPU % = gateway/redis/busiest load process (! = load process may be the limit)",
         table(
-            ["mode", "feed", "cell", "viewers", "runs", "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms"]
-            + ["max ms", "cmds/ev", "read/ev", "CPU %", "drained"],
+            STEADY_HEADERS,
             steady_rows(cells),
         ),
         "",
         "burst phase (throughput) and memory",
         table(
-            ["mode", "feed", "cell", "viewers", "runs", "burst ev/run", "delivered/s", "CPU %", "KiB/viewer"]
-            + ["gateway fds", "complete"],
+            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "KiB/viewer", "gateway fds", "complete"],
             memory_rows(cells),
         ),
     ]
@@ -179,8 +182,7 @@ def render(result: dict[str, Any]) -> str:
             "",
             "hub vs naive",
             table(
-                ["cell", "viewers", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
-                + ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive"],
+                RATIO_HEADERS,
                 ratios,
             ),
         ]
