@@ -168,6 +168,18 @@ class Probe:
         }
 
 
+async def settle(pid: int, limit_s: float, idle_pct: float = 5.0) -> float:
+    """Wait until the gateway is idle (every subscriber parked in its read) before reading its RSS; seconds taken."""
+    start = time.monotonic()
+    await asyncio.sleep(0.5)
+    while time.monotonic() - start < limit_s:
+        before = cpu_s(pid)
+        await asyncio.sleep(0.5)
+        if 100 * (cpu_s(pid) - before) / 0.5 < idle_pct:
+            break
+    return round(time.monotonic() - start, 2)
+
+
 async def drain(fleet: LoadFleet, publisher: Publisher, limit_s: float) -> tuple[bool, int]:
     """Wait until every live viewer has every event published so far; (drained?, viewers still behind)."""
     deadline = time.monotonic() + limit_s
@@ -255,7 +267,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         fleet = LoadFleet(spec, gateway.port, publisher.run_ids)
         connected, errors = await fleet.connected(30 + spec.viewers / 50)
         cell["connected"], cell["connect_errors"] = connected, errors
-        await asyncio.sleep(1 + spec.viewers / 5_000)  # let every subscriber reach its idle read
+        cell["settle_s"] = await settle(gateway.pid, limit_s=5 + spec.viewers / 1_000)
         rss_after = rss_kib(gateway.pid)
         cell["rss_before_kib"], cell["rss_after_kib"] = rss_before, rss_after
         cell["rss_per_viewer_kib"] = round((rss_after - rss_before) / max(connected, 1), 2)
