@@ -50,6 +50,7 @@ class CellSpec:
     burst_per_run: int  # 0: no burst phase
     payload_bytes: int
     viewers_per_proc: int
+    min_load_procs: int
     connect_concurrency: int
     phase_timeout: float
     backlog: int
@@ -63,7 +64,7 @@ class LoadFleet:
     """The load processes of one cell and the request/reply traffic with them."""
 
     def __init__(self, spec: CellSpec, port: int, run_ids: list[str]) -> None:
-        procs = max(1, math.ceil(spec.viewers / spec.viewers_per_proc))
+        procs = min(spec.viewers, max(spec.min_load_procs, math.ceil(spec.viewers / spec.viewers_per_proc)))
         secret = TEST_SECRET.encode()
         tokens = {run_id: issue_token(secret, run_id, 3_600) for run_id in run_ids}
         viewers = [(run_ids[i % len(run_ids)], tokens[run_ids[i % len(run_ids)]]) for i in range(spec.viewers)]

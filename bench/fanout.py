@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--idle-rate", type=float, default=1.0, help="events per second per run in the idle-viewers cell")
     add("--payload-bytes", type=int, default=200, help="CHUNK content size (event JSON is ~130 B more)")
     add("--viewers-per-proc", type=int, default=2_500, help="viewers per load process")
+    add("--min-load-procs", type=int, default=2, help="at least this many load processes (never more than viewers)")
     add("--connect-concurrency", type=int, default=200, help="handshakes in flight per load process")
     add("--phase-timeout", type=float, default=120.0, help="seconds any one phase may take before it is abandoned")
     add("--backlog", type=int, default=4_096, help="gateway listen backlog (passed to `runcast gateway`)")
@@ -68,6 +69,7 @@ def plan(args: argparse.Namespace) -> list[CellSpec]:
     common = {
         "payload_bytes": args.payload_bytes,
         "viewers_per_proc": args.viewers_per_proc,
+        "min_load_procs": args.min_load_procs,
         "connect_concurrency": args.connect_concurrency,
         "phase_timeout": args.phase_timeout,
         "backlog": args.backlog,
@@ -144,8 +146,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.runs < 1 or args.rate <= 0 or args.duration <= 0 or args.viewers_per_proc < 1:
-        log("--runs, --rate, --duration and --viewers-per-proc must be positive")
+    if args.runs < 1 or args.rate <= 0 or args.duration <= 0 or min(args.viewers_per_proc, args.min_load_procs) < 1:
+        log("--runs, --rate, --duration, --viewers-per-proc and --min-load-procs must be positive")
         return 2
     signal.signal(signal.SIGTERM, _terminate)  # cleanup runs in the same `finally` blocks as Ctrl-C
     try:
