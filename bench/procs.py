@@ -42,6 +42,14 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of the whole machine, all cores: shows when other processes compete for the CPU."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:9]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
 @dataclass(frozen=True)
 class RedisSnapshot:
     calls: dict[str, int]

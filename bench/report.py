@@ -6,7 +6,7 @@ from typing import Any
 
 LABELS = ["mode", "feed", "cell", "viewers", "runs"]
 STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
-STEADY_HEADERS += ["read/ev", "CPU %", "drained"]
+STEADY_HEADERS += ["read/ev", "CPU %", "host %", "drained"]
 RATIO_HEADERS = ["cell", "viewers", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
 RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive"]
 LOAD_BOUND_PCT = 85.0
@@ -24,7 +24,9 @@ definitions:
                 script and the commands the script runs (HGET, XADD, HSET, 2x EXPIRE), measured per cell with no
                 viewer attached ("publisher cmds/ev" in the JSON). read/ev = cmds/ev minus that: the gateway's share.
   KiB/viewer    (gateway VmRSS after connecting N idle viewers - before) / N, fresh gateway per cell.
-  CPU %         of one core over the phase: gateway process, redis-server, and the busiest load process.
+  CPU %         of one core over the phase: gateway process / redis-server / busiest load process.
+  host %        the whole machine's busy share of all its cores over the phase: near 100 while the gateway is well
+                under 100 means other processes took the CPU (a shared box): the figures then understate the gateway.
   complete      viewers that received exactly the run's events (count and id sum equal to the publisher's tally,
                 ids strictly increasing, no reset) through the terminal event."""
 
@@ -62,7 +64,7 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     for cell in cells:
         s = cell.get("steady")
         if s is None:
-            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 8), "FAILED"])
+            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 9), "FAILED"])
             continue
         rows.append(
             [
@@ -76,6 +78,7 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(s["redis_cmds_per_event"], 1),
                 _fmt(s["read_cmds_per_event"], 1),
                 _cpu(s),
+                _fmt(s["host_busy_pct"]),
                 "yes" if s["drained"] else f"NO ({s['viewers_behind']} behind)",
             ]
         )
@@ -95,6 +98,7 @@ def memory_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(b["events_per_run"]) if b else "-",
                 _fmt(b["deliveries_per_s"]) if b else "-",
                 _cpu(b) if b else "-",
+                _fmt(b["host_busy_pct"]) if b else "-",
                 _fmt(cell.get("rss_per_viewer_kib"), 1),
                 _fmt(cell.get("gateway_fds")),
                 complete,
@@ -164,7 +168,7 @@ def render(result: dict[str, Any]) -> str:
         f"runcast fan-out benchmark: {env['cpus']} CPUs, load at start {env['loadavg_at_start']}, "
         f"nofile {env['nofile_soft']}/{env['nofile_hard']}, somaxconn {env['somaxconn']}, {result['elapsed_s']} s",
         "",
-        "steady phase (latency)        CPU % = gateway/redis/busiest load process (! = load process may be the limit)",
+        "steady phase (latency)          CPU % = gateway/redis/busiest load process (! = it may be the limit)",
         table(
             STEADY_HEADERS,
             steady_rows(cells),
@@ -172,7 +176,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         "burst phase (throughput) and memory",
         table(
-            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "KiB/viewer", "gateway fds", "complete"],
+            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "host %", "KiB/viewer", "gateway fds", "complete"],
             memory_rows(cells),
         ),
     ]
