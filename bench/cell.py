@@ -68,14 +68,19 @@ class LoadFleet:
         secret = TEST_SECRET.encode()
         tokens = {run_id: issue_token(secret, run_id, 3_600) for run_id in run_ids}
         viewers = [(run_ids[i % len(run_ids)], tokens[run_ids[i % len(run_ids)]]) for i in range(spec.viewers)]
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+        self.plan = [viewers[p::procs] for p in range(procs)]
+        self.port = port
+        self.concurrency = spec.connect_concurrency
         self.conns: list[Connection] = []
         self.procs: list[multiprocessing.process.BaseProcess] = []
-        for p in range(procs):
+
+    def start(self) -> None:
+        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
+        for p, share in enumerate(self.plan):
             parent, child = ctx.Pipe()
             proc = ctx.Process(
                 target=load_main,
-                args=(child, HOST, port, viewers[p::procs], spec.connect_concurrency),
+                args=(child, HOST, self.port, share, self.concurrency),
                 name=f"bench-load-{p}",
                 daemon=True,
             )
@@ -269,6 +274,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         rss_before = rss_kib(gateway.pid)
         log(f"  connecting {spec.viewers} viewers ({spec.feed} feed) ...")
         fleet = LoadFleet(spec, gateway.port, publisher.run_ids)
+        fleet.start()
         connected, errors = await fleet.connected(30 + spec.viewers / 50)
         cell["connected"], cell["connect_errors"] = connected, errors
         cell["settle_s"] = await settle(gateway.pid, limit_s=5 + spec.viewers / 1_000)

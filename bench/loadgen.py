@@ -92,6 +92,8 @@ class Viewer(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self.fail(f"bad HTTP from gateway: {exc}")
+        except (ValueError, IndexError) as exc:  # a frame without a proper id or event JSON
+            self.fail(f"unparseable SSE frame: {exc}"[:120])
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done:

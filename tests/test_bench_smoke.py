@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.histogram import Histogram
-from bench.loadgen import entry_int
+from bench.loadgen import LoadRunner, Viewer, entry_int
 from tests.support.redis_server import redis_server_available
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,3 +78,37 @@ def test_histogram_percentiles_are_bucket_upper_bounds() -> None:
 
 def test_entry_ids_order_as_ints_like_redis_orders_them() -> None:
     assert entry_int(b"9-0") < entry_int(b"10-0") < entry_int(b"10-1")
+
+
+def _sse(entry_id: str, event_type: str = "chunk", published: float = 0.0) -> bytes:
+    data = f'{{"type":"{event_type}","data":{{}},"timestamp":{published},"run_id":"r","trace_id":"steady"}}'
+    frame = f"id: {entry_id}\nevent: {event_type}\ndata: {data}\n\n".encode()
+    return f"{len(frame):x}\r\n".encode() + frame + b"\r\n"
+
+
+def _viewer_after(frames: list[bytes]) -> tuple[Viewer, LoadRunner]:
+    load = LoadRunner(None, "127.0.0.1", 1, [], 1)  # type: ignore[arg-type]
+    viewer = Viewer(load, "r", b"")
+    viewer.data_received(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+    for frame in frames:
+        viewer.data_received(frame)
+    return viewer, load
+
+
+def _tally(*ids: str) -> tuple[int, int]:
+    return len(ids), sum(entry_int(i.encode()) for i in ids)
+
+
+async def test_viewer_accepts_exactly_the_published_events_and_records_their_latency() -> None:
+    viewer, load = _viewer_after([_sse("1-0", published=time.time()), _sse("2-0"), _sse("3-0", "complete")])
+    assert viewer.verdict(_tally("1-0", "2-0", "3-0")) is None
+    assert load.phases[b'"steady"'].count == 3
+
+
+async def test_viewer_flags_a_gap_a_duplicate_and_a_missing_terminal_event() -> None:
+    gap, _ = _viewer_after([_sse("1-0"), _sse("3-0", "complete")])
+    assert gap.verdict(_tally("1-0", "2-0", "3-0")) == "received 2 of 3 events"
+    duplicate, _ = _viewer_after([_sse("1-0"), _sse("1-0"), _sse("3-0", "complete")])
+    assert "strictly increasing" in (duplicate.verdict(_tally("1-0", "2-0", "3-0")) or "")
+    unfinished, _ = _viewer_after([_sse("1-0"), _sse("2-0")])
+    assert unfinished.verdict(_tally("1-0", "2-0")) == "no terminal event"
