@@ -275,14 +275,16 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         log(f"  connecting {spec.viewers} viewers ({spec.feed} feed) ...")
         fleet = LoadFleet(spec, gateway.port, publisher.run_ids)
         fleet.start()
+        connect_start = time.monotonic()
         connected, errors = await fleet.connected(30 + spec.viewers / 50)
+        cell["connect_s"] = round(time.monotonic() - connect_start, 2)
         cell["connected"], cell["connect_errors"] = connected, errors
         cell["settle_s"] = await settle(gateway.pid, limit_s=5 + spec.viewers / 1_000)
         rss_after = rss_kib(gateway.pid)
         cell["rss_before_kib"], cell["rss_after_kib"] = rss_before, rss_after
         cell["rss_per_viewer_kib"] = round((rss_after - rss_before) / max(connected, 1), 2)
         cell["gateway_fds"] = len(_listdir(f"/proc/{gateway.pid}/fd"))
-        log(f"  {connected}/{spec.viewers} connected; gateway RSS {rss_before} -> {rss_after} KiB")
+        log(f"  {connected}/{spec.viewers} connected in {cell['connect_s']} s; RSS {rss_before} -> {rss_after} KiB")
         if connected == 0:
             raise BenchError(f"no viewer connected: {errors}")
 
