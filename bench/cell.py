@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 
 from bench.histogram import Histogram
 from bench.loadgen import load_main
-from bench.procs import command_delta, cpu_s, host_cpu, redis_snapshot, rss_kib, start_gateway
+from bench.procs import command_delta, cpu_s, host_busy_s, redis_snapshot, rss_kib, start_gateway
 from bench.publisher import PhaseResult, Publisher
 from shared.redis_client import redis_from_url
 from shared.tokens import issue_token
@@ -153,7 +153,8 @@ class Probe:
         return {
             "t": time.time(),
             "gateway_cpu": cpu_s(self.gateway_pid),
-            "host": host_cpu(),
+            "host_busy": host_busy_s(),
+            "self_cpu": time.process_time(),  # this coordinator: the publisher
             "redis": redis_snapshot(self.admin),
             "load_cpu": load_cpu,
         }
@@ -163,12 +164,15 @@ class Probe:
         wall = max(after["t"] - before["t"], 1e-9)
         rb, ra = before["redis"], after["redis"]
         commands = command_delta(rb, ra)
-        busy_total = max(after["host"][1] - before["host"][1], 1)
+        ours = sum(after[k] - before[k] for k in ("gateway_cpu", "self_cpu")) + ra.cpu_s - rb.cpu_s
+        ours += sum(after["load_cpu"]) - sum(before["load_cpu"])
         return {
             "wall_s": round(wall, 3),
             "gateway_cpu_pct": round(100 * (after["gateway_cpu"] - before["gateway_cpu"]) / wall, 1),
             "redis_cpu_pct": round(100 * (ra.cpu_s - rb.cpu_s) / wall, 1),
-            "host_busy_pct": round(100 * (after["host"][0] - before["host"][0]) / busy_total, 1),
+            "publisher_cpu_pct": round(100 * (after["self_cpu"] - before["self_cpu"]) / wall, 1),
+            "others_cpu_pct": round(max(0.0, 100 * (after["host_busy"] - before["host_busy"] - ours) / wall), 1),
+            "host_busy_pct": round(100 * (after["host_busy"] - before["host_busy"]) / wall / (os.cpu_count() or 1), 1),
             "load_cpu_pct": [
                 round(100 * (a - b) / wall, 1) for a, b in zip(after["load_cpu"], before["load_cpu"], strict=True)
             ],

@@ -42,12 +42,12 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def host_cpu() -> tuple[float, float]:
-    """(busy, total) jiffies of the whole machine, all cores: shows when other processes compete for the CPU."""
+def host_busy_s() -> float:
+    """Busy CPU seconds of the whole machine, all cores summed (to tell how much other processes took)."""
     with open("/proc/stat") as stat:
         values = [int(v) for v in stat.readline().split()[1:9]]
     idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+    return (sum(values) - idle) / CLOCK_TICKS
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,11 @@ from typing import Any
 
 LABELS = ["mode", "feed", "cell", "viewers", "runs"]
 STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
-STEADY_HEADERS += ["read/ev", "CPU %", "host %", "drained"]
+STEADY_HEADERS += ["read/ev", "CPU %", "others %", "drained"]
 RATIO_HEADERS = ["cell", "viewers", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
 RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive"]
 LOAD_BOUND_PCT = 85.0
+OTHERS_NOISY_PCT = 25.0
 """A load process above this CPU share may be what limits the figures, not the gateway."""
 
 NOTES = """\
@@ -25,8 +26,8 @@ definitions:
                 viewer attached ("publisher cmds/ev" in the JSON). read/ev = cmds/ev minus that: the gateway's share.
   KiB/viewer    (gateway VmRSS after connecting N idle viewers - before) / N, fresh gateway per cell.
   CPU %         of one core over the phase: gateway process / redis-server / busiest load process.
-  host %        the whole machine's busy share of all its cores over the phase: near 100 while the gateway is well
-                under 100 means other processes took the CPU (a shared box): the figures then understate the gateway.
+  others %      CPU used outside the benchmark (machine busy time minus gateway, redis, load processes and
+                publisher), % of one core: other jobs on a shared box. Well above 0: the figures understate the gateway.
   complete      viewers that received exactly the run's events (count and id sum equal to the publisher's tally,
                 ids strictly increasing, no reset) through the terminal event."""
 
@@ -78,7 +79,7 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(s["redis_cmds_per_event"], 1),
                 _fmt(s["read_cmds_per_event"], 1),
                 _cpu(s),
-                _fmt(s["host_busy_pct"]),
+                _fmt(s["others_cpu_pct"]),
                 "yes" if s["drained"] else f"NO ({s['viewers_behind']} behind)",
             ]
         )
@@ -98,7 +99,7 @@ def memory_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(b["events_per_run"]) if b else "-",
                 _fmt(b["deliveries_per_s"]) if b else "-",
                 _cpu(b) if b else "-",
-                _fmt(b["host_busy_pct"]) if b else "-",
+                _fmt(b["others_cpu_pct"]) if b else "-",
                 _fmt(cell.get("rss_per_viewer_kib"), 1),
                 _fmt(cell.get("gateway_fds")),
                 complete,
@@ -148,6 +149,11 @@ def warnings(cells: list[dict[str, Any]]) -> list[str]:
             phase = cell.get(name)
             if phase and max(phase.get("load_cpu_pct") or [0.0]) > LOAD_BOUND_PCT:
                 out.append(f"{where} {name}: a load process was above {LOAD_BOUND_PCT:.0f}% CPU: harness-bound?")
+            if phase and phase["others_cpu_pct"] > OTHERS_NOISY_PCT and phase["host_busy_pct"] > 90:
+                out.append(
+                    f"{where} {name}: the machine was saturated and other processes took {phase['others_cpu_pct']:.0f}%"
+                    " of a core: these figures understate the gateway (rerun on a quiet machine)"
+                )
     by_key = {(c["kind"], c["viewers"], c["mode"]): c for c in cells}
     for (kind, viewers, mode), hub in by_key.items():
         naive = by_key.get((kind, viewers, "naive"))
@@ -176,7 +182,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         "burst phase (throughput) and memory",
         table(
-            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "host %", "KiB/viewer", "gateway fds", "complete"],
+            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "others %", "KiB/viewer", "gateway fds", "complete"],
             memory_rows(cells),
         ),
     ]
