@@ -266,14 +266,15 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
     gateway: GatewayProcess | None = None
     fleet: LoadFleet | None = None
     client = redis_from_url(redis_url, max_connections=max(8, spec.runs * 2))
-    admin = redis.Redis.from_url(redis_url, decode_responses=True)
+    admin = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
         gateway = await asyncio.to_thread(start_gateway, redis_url, spec.feed, spec.backlog)
         await asyncio.wait_for(warm_up(gateway, redis_url), spec.phase_timeout)
-        publisher_cmds = await publisher_cost(client, admin)
+        limit = spec.phase_timeout
+        publisher_cmds = await asyncio.wait_for(publisher_cost(client, admin), limit)
         cell["publisher_cmds_per_event"] = publisher_cmds
         publisher = Publisher(client, spec.runs, spec.payload_bytes)
-        await publisher.create_runs()
+        await asyncio.wait_for(publisher.create_runs(), limit)
         await asyncio.sleep(0.5)
         rss_before = rss_kib(gateway.pid)
         log(f"  connecting {spec.viewers} viewers ({spec.feed} feed) ...")
@@ -295,20 +296,20 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         probe = Probe(gateway.pid, admin)
         phases: list[tuple[PhaseResult, dict[str, Any], float]] = []
         before = await probe.snap(fleet)
-        steady = await publisher.steady(spec.rate, spec.duration)
+        steady = await asyncio.wait_for(publisher.steady(spec.rate, spec.duration), limit + spec.duration)
         drained, behind = await drain(fleet, publisher, spec.phase_timeout)
         usage = probe.between(before, await probe.snap(fleet), steady.total_events)
         phases.append((steady, {**usage, "drained": drained, "viewers_behind": behind}, spec.duration))
         log(f"  steady: {steady.total_events} events published, drained={drained}")
         if spec.burst_per_run and drained:
             before = await probe.snap(fleet)
-            burst = await publisher.burst(spec.burst_per_run)
+            burst = await asyncio.wait_for(publisher.burst(spec.burst_per_run), limit)
             drained, behind = await drain(fleet, publisher, spec.phase_timeout)
             usage = probe.between(before, await probe.snap(fleet), burst.total_events)
             phases.append((burst, {**usage, "drained": drained, "viewers_behind": behind}, 0.0))
             log(f"  burst: {burst.total_events} events published, drained={drained}")
 
-        await publisher.complete()
+        await asyncio.wait_for(publisher.complete(), limit)
         results = await fleet.finish(dict(publisher.tally), spec.phase_timeout)
         for phase, usage, nominal_s in phases:
             steady_phase = phase.name == "steady"
