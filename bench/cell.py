@@ -335,8 +335,8 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         if fleet is not None:
             await asyncio.to_thread(fleet.stop)
         if gateway is not None:
-            if not cell.get("ok") and not gateway.alive():
-                cell["gateway_log_tail"] = gateway.log()[-1000:]
+            if not cell.get("ok"):  # the gateway logs at warning level: its errors say why viewers failed
+                cell["gateway_log_tail"] = gateway.log()[-1500:]
             gateway.stop(timeout=10)
         await client.aclose()
         admin.close()
