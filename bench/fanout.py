@@ -30,17 +30,21 @@ MODES = {"hub": ["hub"], "naive": ["naive"], "both": ["hub", "naive"]}
 
 
 def _ints(text: str) -> list[int]:
-    values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
-    return values
+    """`100,1000,5000`; `0` alone means no loaded cells (e.g. only the idle-viewers cell)."""
+    try:
+        values = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError("a comma-separated list of viewer counts, e.g. 100,1000,5000 (0: none)")
+    return [value for value in values if value > 0]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--mode", choices=sorted(MODES), default="both", help="hub, naive (RUNCAST_FEED=direct), or both side by side")
-    add("--viewers", type=_ints, default=[100, 1_000, 5_000], help="viewer counts with load (default 100,1000,5000)")
+    add("--viewers", type=_ints, default=[100, 1_000, 5_000], help="loaded cells, 0: none")
     add("--idle-viewers", type=int, default=10_000, help="an extra cell at a trickle rate; 0 skips it")
     add("--runs", type=int, default=1, help="runs published at once; viewers are spread over them")
     add("--rate", type=float, default=10.0, help="steady phase: events per second per run")
