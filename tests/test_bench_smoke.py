@@ -59,7 +59,7 @@ def test_bench_reports_latency_redis_commands_memory_and_cpu(bench_run: tuple[st
     for cell in result["cells"]:
         steady = cell["steady"]
         assert 0 <= steady["p50_ms"] <= steady["p99_ms"] <= steady["max_ms"]
-        assert steady["redis_cmds"]["xadd"] == steady["events"]  # the publish itself is counted
+        assert steady["redis_cmds"]["xadd"] >= steady["events"]  # the publish itself is counted
         assert steady["redis_cmds_per_event"] >= cell["publisher_cmds_per_event"] >= 2  # EVALSHA + its XADD at least
         assert cell["rss_after_kib"] > 0 and isinstance(cell["rss_per_viewer_kib"], float)
         assert len(steady["load_cpu_pct"]) == cell["load_procs"] == 2  # --min-load-procs default
