@@ -36,6 +36,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         proxy_headers=True,
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         log_level=args.log_level,
+        backlog=args.backlog,
     )
     return 0
 
@@ -89,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument("--port", type=int, default=8000)
     gateway.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     gateway.add_argument("--log-level", default="info")
+    gateway.add_argument("--backlog", type=int, default=2048, help="listen backlog (the kernel caps it at somaxconn)")
     gateway.set_defaults(handler=_cmd_gateway)
 
     worker = commands.add_parser("worker", help="the arq worker that runs agents")
