@@ -322,8 +322,7 @@ class ClusterReaders:
                 return
             slots = await self.cluster.cluster_slots()
             self._owners = {
-                (int(start), int(end)): self.remap(*_host_port(info["primary"]))
-                for (start, end), info in slots.items()
+                (int(start), int(end)): self.remap(*_host_port(info["primary"])) for (start, end), info in slots.items()
             }
             self._refreshed_at = time.monotonic()
 
