@@ -33,6 +33,8 @@ class ResumingViewer:
     """Connections that ended without the terminal event and not by our own choice (faults we rode through)."""
     dropped: int = 0
     """Connections we dropped on purpose (soak)."""
+    outcomes: list[str] = field(default_factory=list)
+    """How each connection ended: finished, dropped, `http 503`, `transport ...`, `ended without terminal event`."""
     _gateway: int = 0
 
     @property
@@ -49,6 +51,7 @@ class ResumingViewer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"viewer of {self.run_id} unfinished after {timeout_s}s ({len(self.received)} ev)")
             outcome = await self._connect_once(client)
+            self.outcomes.append(outcome)
             if outcome == "dropped":
                 self.dropped += 1
                 continue

@@ -1,0 +1,136 @@
+"""The exactly-once pieces in isolation, on the real Redis: idempotent worker appends through a lost reply,
+the lost-run sweep racing itself, and the job refusing to run a run twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gateway.sweeper import LostRunSweeper
+from shared.ids import new_run_id
+from shared.keys import heartbeat_key
+from shared.redis_client import redis_from_url
+from shared.resilience import RUNNING_KEY
+from shared.settings import Settings
+from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
+from shared.streamlog import StreamLog
+from worker.durable import DurableStreamLog
+from worker.heartbeat import run_heartbeat
+from worker.job import run_agent
+from worker.settings import build_state
+
+
+@pytest.fixture
+async def redis(redis_url: str | None) -> AsyncIterator[Redis]:
+    if redis_url is None:
+        pytest.skip("needs a real redis-server")
+    client = redis_from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+def chunk(run_id: str, n: int) -> StreamingEvent:
+    return StreamingEvent(StreamingEventType.CHUNK, StreamingChunk(f"t{n}", f"t{n}", False, n), run_id=run_id)
+
+
+def start(run_id: str) -> StreamingEvent:
+    return StreamingEvent(StreamingEventType.START, StreamingMetadata("echo", "scripted", 0, 0, 0.0), run_id=run_id)
+
+
+class FlakyScript:
+    """Wraps the append script: on chosen calls the connection 'drops' before or after Redis ran the script."""
+
+    def __init__(self, script: Any, fail: dict[int, str]) -> None:
+        self.script, self.fail, self.calls = script, fail, 0
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        mode = self.fail.get(self.calls)
+        if mode == "before":
+            raise RedisConnectionError("connection lost before the reply (script not run)")
+        result = await self.script(**kwargs)
+        if mode == "after":
+            raise RedisConnectionError("connection lost before the reply (script ran)")
+        return result
+
+
+@pytest.mark.parametrize("mode", ["before", "after"])
+async def test_durable_append_retried_after_a_lost_reply_publishes_the_event_exactly_once(redis: Redis, mode: str):
+    log = DurableStreamLog(redis, retry_s=5)
+    run_id = new_run_id()
+    await log.create_run(run_id, "echo", "x")
+    await log.append(run_id, start(run_id))
+    log._append = FlakyScript(log._append, {1: mode})  # type: ignore[assignment]
+
+    first = chunk(run_id, 1)
+    entry_id = await log.append(run_id, first)
+    await log.append(run_id, chunk(run_id, 2))
+
+    entries = await log.read_all(run_id)
+    assert [e.type for e in entries] == ["start", "chunk", "chunk"]
+    assert entries[1].id == entry_id
+    assert entries[1].event == first.to_json()
+
+
+async def test_racing_sweepers_end_a_lost_run_exactly_once(redis: Redis):
+    log = StreamLog(redis)
+    run_id = new_run_id()
+    await log.create_run(run_id, "echo", "x")
+    await log.append(run_id, start(run_id))
+    await redis.zadd(RUNNING_KEY, {run_id: 1})  # claimed, and its heartbeat key has already expired
+
+    sweepers = [LostRunSweeper(log, interval_s=1) for _ in range(5)]
+    ended = await asyncio.gather(*(s.sweep_once() for s in sweepers))
+
+    assert sum(run_id in e for e in ended) == 1
+    entries = await log.read_all(run_id)
+    assert [e.type for e in entries] == ["start", "error"]
+    assert '"worker_lost"' in entries[-1].event
+    assert (await log.get_meta(run_id))["status"] == "failed"
+    assert await redis.zscore(RUNNING_KEY, run_id) is None
+
+
+async def test_sweeper_leaves_a_beating_run_alone(redis: Redis):
+    log = StreamLog(redis)
+    run_id = new_run_id()
+    await log.create_run(run_id, "echo", "x")
+    async with run_heartbeat(log, run_id, lost_s=0.3):
+        await log.append(run_id, start(run_id))
+        await asyncio.sleep(0.6)  # twice the TTL: only the refresh keeps it alive
+        assert run_id not in await LostRunSweeper(log, interval_s=1).sweep_once()
+        assert await redis.exists(heartbeat_key(run_id))
+    assert (await log.get_meta(run_id))["status"] == "running"
+    assert not await redis.exists(heartbeat_key(run_id))
+
+
+async def test_the_job_refuses_to_run_a_run_that_already_started(redis: Redis, redis_url: str):
+    """arq re-runs a job whose worker died or was stopped: the run's stream is half published, so the retry must
+    not run the agent again on top of it (the lost-run sweep ends it instead)."""
+    state = await build_state(Settings(redis_url=redis_url, scripted_delay_ms=0), redis)
+    run_id = new_run_id()
+    await state.stream_log.create_run(run_id, "echo", "one two")
+    await state.stream_log.append(run_id, start(run_id))  # a previous try got this far
+
+    assert await run_agent({"runcast": state}, run_id) == "running"
+    assert [e.type for e in await state.stream_log.read_all(run_id)] == ["start"]
+
+
+async def test_cancelling_a_job_ends_its_run_with_worker_shutdown(redis: Redis, redis_url: str):
+    state = await build_state(Settings(redis_url=redis_url, scripted_delay_ms=50), redis)
+    run_id = new_run_id()
+    await state.stream_log.create_run(run_id, "echo", " ".join(["w"] * 100))
+    job = asyncio.create_task(run_agent({"runcast": state}, run_id))
+    while len(await state.stream_log.read_all(run_id)) < 3:
+        await asyncio.sleep(0.01)
+    job.cancel()  # what arq does to running jobs after job_completion_wait on SIGTERM
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    entries = await state.stream_log.read_all(run_id)
+    assert entries[-1].type == "error" and '"worker_shutdown"' in entries[-1].event
+    assert (await state.stream_log.get_meta(run_id))["status"] == "failed"
+    assert not await redis.exists(heartbeat_key(run_id))
