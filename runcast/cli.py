@@ -8,7 +8,6 @@ import os
 import sys
 from collections.abc import Sequence
 
-
 WS_MAX_MESSAGE_BYTES = 64 * 1024
 """A viewer only ever sends `{"last_event_id": ...}`: bigger WebSocket messages are refused by the server (1009)."""
 

@@ -125,8 +125,8 @@ async def test_cancelling_a_job_ends_its_run_with_worker_shutdown(redis: Redis, 
     run_id = new_run_id()
     await state.stream_log.create_run(run_id, "echo", " ".join(["w"] * 100))
     job = asyncio.create_task(run_agent({"runcast": state}, run_id))
-    while len(await state.stream_log.read_all(run_id)) < 3:
-        await asyncio.sleep(0.01)
+    await state.stream_log.tail(run_id, "0-0", block_ms=5000)  # the run has started publishing
+    await asyncio.sleep(0.1)
     job.cancel()  # what arq does to running jobs after job_completion_wait on SIGTERM
     with pytest.raises(asyncio.CancelledError):
         await job
