@@ -83,7 +83,7 @@ class Process:
 
 
 class GatewayProcess(Process):
-    def __init__(self, redis_url: str, port: int | None = None, **env: str):
+    def __init__(self, redis_url: str, port: int | None = None, log_level: str = "warning", **env: str):
         self.port = port or free_port()
         args = [
             sys.executable,
@@ -93,7 +93,7 @@ class GatewayProcess(Process):
             "--port",
             str(self.port),
             "--log-level",
-            "warning",
+            log_level,
         ]
         super().__init__(args, runcast_env(redis_url, **env))
 

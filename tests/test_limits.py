@@ -1,0 +1,161 @@
+"""Admission limits on real gateway processes (real Redis): viewer caps (503 + Retry-After), run creation per API
+key across gateways (429 + Retry-After), request bodies refused before they are read (413), tokens kept out of the
+access log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+import websockets
+
+from tests.support.faults import words
+from tests.support.processes import GatewayProcess, WorkerProcess
+
+KEY, OTHER_KEY = "key-one", "key-two"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+LIMITS = {
+    "RUNCAST_API_KEYS": f"{KEY},{OTHER_KEY}",
+    "RUNCAST_MAX_VIEWERS_PER_RUN": "2",
+    "RUNCAST_MAX_VIEWERS": "3",
+    "RUNCAST_CREATE_RATE_LIMIT": "1000",
+    "RUNCAST_MAX_BODY_BYTES": "4096",
+}
+
+
+@pytest.fixture(scope="module")
+def limited(module_redis_url: str, worker_proc: WorkerProcess) -> Iterator[GatewayProcess]:
+    proc = GatewayProcess(module_redis_url, log_level="info", **LIMITS).start()
+    yield proc
+    proc.stop()
+
+
+async def long_run(http: httpx.AsyncClient, base: str) -> dict:
+    response = await http.post(f"{base}/v1/runs", json={"agent": "echo", "input": words(300)}, headers=AUTH)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+@contextlib.asynccontextmanager
+async def open_viewer(http: httpx.AsyncClient, base: str, run: dict) -> AsyncIterator[httpx.Response]:
+    """An SSE viewer that stays connected (it has read its first event) until the block exits."""
+    url = f"{base}/v1/runs/{run['run_id']}/events"
+    async with http.stream("GET", url, params={"token": run["token"]}) as response:
+        lines = response.aiter_lines()  # kept referenced: a collected iterator would close the connection
+        if response.status_code == 200:
+            async for line in lines:
+                if line.startswith("id:"):
+                    break
+        yield response
+        await lines.aclose()
+
+
+async def test_viewers_past_the_per_run_and_per_process_caps_get_503_with_retry_after(
+    limited: GatewayProcess, http: httpx.AsyncClient
+):
+    a, b, c = [await long_run(http, limited.url) for _ in range(3)]
+    async with contextlib.AsyncExitStack() as stack:
+        for run in (a, a):
+            assert (await stack.enter_async_context(open_viewer(http, limited.url, run))).status_code == 200
+        third = await http.get(f"{limited.url}/v1/runs/{a['run_id']}/events", params={"token": a["token"]})
+        assert third.status_code == 503 and third.headers["retry-after"] == "1"
+        assert "this run has its maximum of 2" in third.json()["detail"]
+
+        assert (await stack.enter_async_context(open_viewer(http, limited.url, b))).status_code == 200
+        fourth = await http.get(f"{limited.url}/v1/runs/{c['run_id']}/events", params={"token": c["token"]})
+        assert fourth.status_code == 503 and "this gateway has its maximum of 3" in fourth.json()["detail"]
+
+        ws_url = f"{limited.url.replace('http', 'ws', 1)}/v1/runs/{c['run_id']}/ws?token={c['token']}"
+        async with websockets.connect(ws_url) as ws:
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 5)
+        assert closed.value.rcvd.code == 1013  # try again later
+
+    await asyncio.sleep(0.2)  # the slots are free again once those viewers have gone
+    async with open_viewer(http, limited.url, c) as again:
+        assert again.status_code == 200
+
+
+async def test_run_creation_is_rate_limited_per_api_key_across_gateways(
+    module_redis_url: str, worker_proc: WorkerProcess, http: httpx.AsyncClient
+):
+    key, other_key = uuid.uuid4().hex, uuid.uuid4().hex  # fresh keys: a fresh count in the shared Redis
+    auth = {"Authorization": f"Bearer {key}"}
+    env = {
+        "RUNCAST_API_KEYS": f"{key},{other_key}",
+        "RUNCAST_CREATE_RATE_LIMIT": "3",
+        "RUNCAST_CREATE_RATE_WINDOW_S": "3600",  # a long window: the test cannot straddle a boundary
+    }
+    one, two = GatewayProcess(module_redis_url, **env).start(), GatewayProcess(module_redis_url, **env).start()
+    try:
+        body = {"agent": "echo", "input": "hi"}
+        codes = [(await http.post(f"{g.url}/v1/runs", json=body, headers=auth)).status_code for g in (one, two, one)]
+        assert codes == [202, 202, 202]
+        refused = await http.post(f"{two.url}/v1/runs", json=body, headers=auth)
+        assert refused.status_code == 429
+        assert 1 <= int(refused.headers["retry-after"]) <= 3600
+        assert "at most 3 runs per 3600 s" in refused.json()["detail"]
+        other = await http.post(f"{two.url}/v1/runs", json=body, headers={"Authorization": f"Bearer {other_key}"})
+        assert other.status_code == 202, "the limit is per key"
+        wrong = await http.post(f"{two.url}/v1/runs", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+    finally:
+        one.stop()
+        two.stop()
+
+
+async def raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
+    """Send a request by hand (headers, then some body, never finishing it) and read the answer."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head)
+        for chunk in body_chunks:
+            writer.write(chunk)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(4096), 5)
+    finally:
+        writer.close()
+
+
+async def test_a_declared_huge_body_is_refused_before_it_is_sent(limited: GatewayProcess):
+    head = (
+        b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer key-one\r\nContent-Length: 100000000\r\n\r\n"
+    )
+    answer = await raw_request(limited.port, head, [b'{"agent": "echo", "input": "'])  # 100 MB never arrive
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"over the 4096-byte limit" in answer
+
+
+async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(limited: GatewayProcess):
+    head = (
+        b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Authorization: Bearer key-one\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"x" * 2048
+    chunks = [b'1c\r\n{"agent": "echo", "input": "\r\n'] + [b"800\r\n" + piece + b"\r\n"] * 3  # ~6 KiB, unfinished
+    answer = await raw_request(limited.port, head, chunks)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+async def test_tokens_never_reach_the_access_log(limited: GatewayProcess, http: httpx.AsyncClient):
+    run = (await http.post(f"{limited.url}/v1/runs", json={"agent": "echo", "input": "a b"}, headers=AUTH)).json()
+    token = run["token"]
+    await http.get(f"{limited.url}/v1/runs/{run['run_id']}", params={"token": token})
+    await http.get(f"{limited.url}/v1/runs/{run['run_id']}/events", params={"token": token, "last_event_id": "0-0"})
+    ws_url = f"{limited.url.replace('http', 'ws', 1)}/v1/runs/{run['run_id']}/ws?token={token}"
+    async with websockets.connect(ws_url) as ws:
+        async for message in ws:
+            if json.loads(message)["event"]["type"] == "complete":
+                break
+    await asyncio.sleep(0.3)  # let the process flush its log
+
+    log = limited.log()
+    assert f"/v1/runs/{run['run_id']}?token=[redacted]" in log, "the access log must still show the request"
+    assert "WebSocket" in log
+    assert token not in log and token.split(".")[1] not in log
