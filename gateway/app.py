@@ -102,6 +102,7 @@ def install_guards(app: FastAPI, settings: Settings | None) -> None:
     app.add_middleware(CreateRateLimit)
     app.add_middleware(BodySizeLimit, max_bytes=(settings or get_settings()).max_body_bytes)
     app.add_exception_handler(RedisError, redis_unavailable)
+    app.add_exception_handler(UnicodeEncodeError, not_unicode)
     install_token_redaction()
 
 
@@ -111,6 +112,14 @@ async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
         {"detail": f"the event store is unavailable ({type(exc).__name__}); retry shortly"},
         status_code=503,
         headers={"Retry-After": "1"},
+    )
+
+
+async def not_unicode(request: Request, exc: Exception) -> JSONResponse:
+    """JSON may carry lone surrogates (`"\\ud800"`) that are not Unicode text and cannot be stored: the client's
+    mistake, so a 422 that says so rather than a 500 when the text is first encoded."""
+    return JSONResponse(
+        {"detail": "text fields must be valid Unicode (a lone surrogate such as \\ud800 is not)"}, status_code=422
     )
 
 

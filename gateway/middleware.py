@@ -36,6 +36,18 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+DRAIN_MAX_BYTES = 8 * 1024 * 1024
+"""An over-limit body declared up to this size is read and thrown away (never kept) before the 413, because most
+HTTP clients only read a response once they have sent their body; bigger ones get the 413 at once."""
+
+
+async def _discard_body(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
 class BodySizeLimit:
     """413 for a body over `max_bytes`: at once from Content-Length, or as soon as a streamed body passes the limit
     (the body is counted as it arrives, never read whole first)."""
@@ -50,9 +62,13 @@ class BodySizeLimit:
             return
         limit = self.max_bytes
         declared = _header(scope, b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            detail = f"request body is over the {limit}-byte limit" if declared.isdigit() else "bad Content-Length"
-            await send_json_error(send, 413 if declared.isdigit() else 400, detail, {"connection": "close"})
+        if declared is not None and not declared.isdigit():
+            await send_json_error(send, 400, "bad Content-Length", {"connection": "close"})
+            return
+        if declared is not None and int(declared) > limit:
+            if int(declared) <= DRAIN_MAX_BYTES:  # cheap to swallow: lets an ordinary client read the 413
+                await _discard_body(receive)
+            await send_json_error(send, 413, f"request body is over the {limit}-byte limit", {"connection": "close"})
             return
         seen = 0
 

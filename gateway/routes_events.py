@@ -74,9 +74,14 @@ async def _ws_resume_id(websocket: WebSocket) -> str | None:
     if query_value:
         return query_value
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), WS_FIRST_MESSAGE_WAIT_S)
+        frame = await asyncio.wait_for(websocket.receive(), WS_FIRST_MESSAGE_WAIT_S)
     except TimeoutError:
         return None
+    if frame["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(frame.get("code", 1000))
+    text = frame.get("text")
+    if text is None:  # a binary frame
+        raise HTTPException(400, 'first message must be a text frame: JSON like {"last_event_id": "<id>"}')
     try:
         message = json.loads(text)
     except ValueError:
