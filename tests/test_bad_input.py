@@ -87,7 +87,8 @@ async def test_bad_or_huge_run_ids_are_a_clear_4xx(deployment: str, http: httpx.
     assert_clear_4xx(response, 400, 404, 422)
 
 
-BAD_RESUME_IDS = ["18446744073709551616-0", "1-18446744073709551616", "9" * 5_000, "1-0-0", "0x10-0", "１-０"]
+# the last one is in fullwidth digits, which a bare regex \d would accept
+BAD_RESUME_IDS = ["18446744073709551616-0", "1-18446744073709551616", "9" * 5_000, "1-0-0", "0x10-0", "\uff11-\uff10"]
 
 
 @pytest.mark.parametrize("bad", BAD_RESUME_IDS, ids=["ms-overflow", "seq-overflow", "huge", "3-part", "hex", "wide"])
