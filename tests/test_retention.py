@@ -100,6 +100,9 @@ async def test_websocket_resume_from_a_trimmed_id_gets_reset_first(stack: Stack,
 
     assert messages[0] == {
         "id": None,
-        "event": {"type": "reset", "data": {"reason": "trimmed", "requested": early[0].id, "first_available": kept[0][0]}},
+        "event": {
+            "type": "reset",
+            "data": {"reason": "trimmed", "requested": early[0].id, "first_available": kept[0][0]},
+        },
     }
     assert [m["id"] for m in messages[1:]] == [entry_id for entry_id, _, _ in kept]

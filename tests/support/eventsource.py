@@ -52,8 +52,9 @@ class ResumingViewer:
                 raise TimeoutError(f"viewer of {self.run_id} unfinished after {timeout_s}s ({len(self.received)} ev)")
             outcome = await self._connect_once(client)
             self.outcomes.append(outcome)
-            if outcome == "dropped":
+            if outcome == "dropped":  # on purpose: come back at once, to the next gateway
                 self.dropped += 1
+                self._gateway = (self._gateway + 1) % len(self.gateways)
                 continue
             if outcome != "finished":
                 self.broken += 1
