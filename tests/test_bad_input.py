@@ -14,6 +14,7 @@ from shared.ids import new_run_id
 from shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.sse import create_run
+from tests.support.stack import running_stack
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +189,26 @@ async def test_nothing_bad_input_did_broke_the_gateway(deployment: str, http: ht
     created = await create_run(http, deployment, "echo", "still fine")
     response = await http.get(f"{deployment}/v1/runs/{created['run_id']}/result", params={"token": created["token"]})
     assert response.status_code in (200, 409)
+
+
+async def test_tokens_signed_with_a_previous_secret_work_during_rotation_and_not_after(
+    redis_url: str | None, http: httpx.AsyncClient
+):
+    """Zero-downtime rotation: RUNCAST_SECRET=new, RUNCAST_SECRET_PREVIOUS=old. Tokens are signed with the new secret
+    and checked against both; once the old one is dropped from the list, its tokens stop working."""
+    old = "the-secret-being-retired"
+    async with running_stack(redis_url, worker=False, secret_previous=[old]) as rotating:
+        created = await create_run(http, rotating.url, "echo", "rotate")
+        run_id = created["run_id"]
+        old_token = issue_token(old.encode(), run_id, 3600)
+        for token, expected in [(created["token"], 200), (old_token, 200), (issue_token(b"other", run_id, 60), 401)]:
+            response = await http.get(f"{rotating.url}/v1/runs/{run_id}", params={"token": token})
+            assert response.status_code == expected, (expected, response.text)
+        expired_old = issue_token(old.encode(), run_id, -5)
+        response = await http.get(f"{rotating.url}/v1/runs/{run_id}", params={"token": expired_old})
+        assert response.status_code == 401 and "expired" in response.json()["detail"]
+    async with running_stack(redis_url, worker=False) as rotated:
+        response = await http.get(f"{rotated.url}/v1/runs/{run_id}", params={"token": old_token})
+        assert response.status_code == 401
+        response = await http.get(f"{rotated.url}/v1/runs/{run_id}", params={"token": created["token"]})
+        assert response.status_code == 200
