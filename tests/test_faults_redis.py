@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import as_log, assert_clean_run, stored_log, wait_until, words
+from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sse import create_run
@@ -22,10 +22,10 @@ pytestmark = [
     pytest.mark.skipif(not redis_server_available(), reason="needs a real redis-server (kill/restart)"),
 ]
 
-RUNS, VIEWERS_PER_RUN, TOKENS = 5, 10, 150  # 50 viewers; 150 tokens x 20 ms = a 3 s run
+RUNS, VIEWERS_PER_RUN, TOKENS = 5, 10, 100  # 50 viewers; 100 tokens x 20 ms = a 2 s run
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def durable_redis() -> Iterator[RedisServer]:
     """AOF with fsync on every write: a restart must not lose an acknowledged entry some viewer already saw."""
     server = RedisServer(appendonly=True, extra=["--appendfsync", "always"]).start()
@@ -33,11 +33,11 @@ def durable_redis() -> Iterator[RedisServer]:
     server.cleanup()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def deployment(durable_redis: RedisServer) -> Iterator[tuple[GatewayProcess, WorkerProcess]]:
     env = {"RUNCAST_WORKER_LOST_S": "8"}  # longer than the outage: a restart must not look like a lost worker
-    worker = WorkerProcess(durable_redis.url, **env).start()
-    gateway = GatewayProcess(durable_redis.url, **env).start()
+    worker, gateway = WorkerProcess(durable_redis.url, **env), GatewayProcess(durable_redis.url, **env)
+    start_together(worker, gateway)
     yield gateway, worker
     gateway.stop()
     worker.stop()

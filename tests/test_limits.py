@@ -16,21 +16,25 @@ import websockets
 
 from tests.support.faults import words
 from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.stack import running_stack
 
-KEY, OTHER_KEY = "key-one", "key-two"
+# Fresh keys every session: the rate counts live in Redis (for an hour), and RUNCAST_TEST_REDIS_URL may be reused.
+KEY, RATE_KEY, OTHER_RATE_KEY = (f"{name}-{uuid.uuid4().hex}" for name in ("viewers", "rate", "rate-other"))
 AUTH = {"Authorization": f"Bearer {KEY}"}
+RATE_LIMIT, RATE_WINDOW_S = 3, 3600  # a long window: the test cannot straddle a window boundary
 LIMITS = {
-    "RUNCAST_API_KEYS": f"{KEY},{OTHER_KEY}",
+    "RUNCAST_API_KEYS": f"{KEY},{RATE_KEY},{OTHER_RATE_KEY}",
     "RUNCAST_MAX_VIEWERS_PER_RUN": "2",
     "RUNCAST_MAX_VIEWERS": "3",
-    "RUNCAST_CREATE_RATE_LIMIT": "1000",
+    "RUNCAST_CREATE_RATE_LIMIT": str(RATE_LIMIT),
+    "RUNCAST_CREATE_RATE_WINDOW_S": str(RATE_WINDOW_S),
     "RUNCAST_MAX_BODY_BYTES": "4096",
 }
 
 
 @pytest.fixture(scope="module")
 def limited(module_redis_url: str, worker_proc: WorkerProcess) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(module_redis_url, log_level="info", **LIMITS).start()
+    proc = GatewayProcess(module_redis_url, log_level="info", **LIMITS).start()  # info: the access log is on
     yield proc
     proc.stop()
 
@@ -82,31 +86,29 @@ async def test_viewers_past_the_per_run_and_per_process_caps_get_503_with_retry_
 
 
 async def test_run_creation_is_rate_limited_per_api_key_across_gateways(
-    module_redis_url: str, worker_proc: WorkerProcess, http: httpx.AsyncClient
+    limited: GatewayProcess, module_redis_url: str, http: httpx.AsyncClient
 ):
-    key, other_key = uuid.uuid4().hex, uuid.uuid4().hex  # fresh keys: a fresh count in the shared Redis
-    auth = {"Authorization": f"Bearer {key}"}
-    env = {
-        "RUNCAST_API_KEYS": f"{key},{other_key}",
-        "RUNCAST_CREATE_RATE_LIMIT": "3",
-        "RUNCAST_CREATE_RATE_WINDOW_S": "3600",  # a long window: the test cannot straddle a boundary
+    """Three creations per key per window, counted in Redis: a second gateway (here in-process, same Redis and
+    settings) sees the first one's count."""
+    settings = {
+        "api_keys": [RATE_KEY, OTHER_RATE_KEY],
+        "create_rate_limit": RATE_LIMIT,
+        "create_rate_window_s": RATE_WINDOW_S,
     }
-    one, two = GatewayProcess(module_redis_url, **env).start(), GatewayProcess(module_redis_url, **env).start()
-    try:
-        body = {"agent": "echo", "input": "hi"}
-        codes = [(await http.post(f"{g.url}/v1/runs", json=body, headers=auth)).status_code for g in (one, two, one)]
+    async with running_stack(module_redis_url, worker=False, **settings) as other_gateway:
+        body, auth = {"agent": "echo", "input": "hi"}, {"Authorization": f"Bearer {RATE_KEY}"}
+        bases = (limited.url, other_gateway.url, limited.url)
+        codes = [(await http.post(f"{base}/v1/runs", json=body, headers=auth)).status_code for base in bases]
         assert codes == [202, 202, 202]
-        refused = await http.post(f"{two.url}/v1/runs", json=body, headers=auth)
+        refused = await http.post(f"{other_gateway.url}/v1/runs", json=body, headers=auth)
         assert refused.status_code == 429
-        assert 1 <= int(refused.headers["retry-after"]) <= 3600
-        assert "at most 3 runs per 3600 s" in refused.json()["detail"]
-        other = await http.post(f"{two.url}/v1/runs", json=body, headers={"Authorization": f"Bearer {other_key}"})
-        assert other.status_code == 202, "the limit is per key"
-        wrong = await http.post(f"{two.url}/v1/runs", json=body, headers={"Authorization": "Bearer nope"})
+        assert 1 <= int(refused.headers["retry-after"]) <= RATE_WINDOW_S
+        assert f"at most {RATE_LIMIT} runs per {RATE_WINDOW_S} s" in refused.json()["detail"]
+        assert (await http.post(f"{limited.url}/v1/runs", json=body, headers=auth)).status_code == 429
+        other_key = {"Authorization": f"Bearer {OTHER_RATE_KEY}"}
+        assert (await http.post(f"{limited.url}/v1/runs", json=body, headers=other_key)).status_code == 202
+        wrong = await http.post(f"{limited.url}/v1/runs", json=body, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
-    finally:
-        one.stop()
-        two.stop()
 
 
 async def raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> bytes:
@@ -127,7 +129,7 @@ async def test_a_declared_huge_body_is_refused_before_it_is_sent(limited: Gatewa
         b"POST /v1/runs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Authorization: Bearer key-one\r\nContent-Length: 100000000\r\n\r\n"
     )
-    answer = await raw_request(limited.port, head, [b'{"agent": "echo", "input": "'])  # 100 MB never arrive
+    answer = await raw_request(limited.port, head, [])  # the 100 MB never come: the answer must not wait for them
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
     assert b"over the 4096-byte limit" in answer
 
@@ -144,7 +146,8 @@ async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(limited:
 
 
 async def test_tokens_never_reach_the_access_log(limited: GatewayProcess, http: httpx.AsyncClient):
-    run = (await http.post(f"{limited.url}/v1/runs", json={"agent": "echo", "input": "a b"}, headers=AUTH)).json()
+    auth = {"Authorization": f"Bearer {OTHER_RATE_KEY}"}  # the viewer test spends KEY's three creations
+    run = (await http.post(f"{limited.url}/v1/runs", json={"agent": "echo", "input": "a b"}, headers=auth)).json()
     token = run["token"]
     await http.get(f"{limited.url}/v1/runs/{run['run_id']}", params={"token": token})
     await http.get(f"{limited.url}/v1/runs/{run['run_id']}/events", params={"token": token, "last_event_id": "0-0"})

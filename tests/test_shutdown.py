@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import as_log, assert_clean_run, stored_log, wait_until, words
+from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.sse import create_run
 
@@ -37,10 +37,10 @@ def standby(module_redis_url: str) -> Iterator[GatewayProcess]:
 async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewhere(
     module_redis_url: str, standby: GatewayProcess, http: httpx.AsyncClient
 ):
-    worker = WorkerProcess(module_redis_url).start()
-    leaving = GatewayProcess(module_redis_url, RUNCAST_SHUTDOWN_GRACE_S="3").start()
+    worker, leaving = WorkerProcess(module_redis_url), GatewayProcess(module_redis_url, RUNCAST_SHUTDOWN_GRACE_S="3")
+    start_together(worker, leaving)
     try:
-        text = words(400)  # 8 s: far longer than the shutdown may take
+        text = words(150)  # 3 s: far longer than the shutdown may take
         run = await create_run(http, standby.url, "echo", text)
         viewers = [ResumingViewer([leaving.url, standby.url], run["run_id"], run["token"]) for _ in range(10)]
         tasks = [asyncio.create_task(v.run(http, timeout_s=30)) for v in viewers]

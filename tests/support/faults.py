@@ -6,11 +6,13 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from shared.keys import events_key
+from tests.support.processes import Process
 from tests.support.sse import Received
 
 
@@ -49,3 +51,10 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
 
 def words(n: int, prefix: str = "w") -> str:
     return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+def start_together(*procs: Process) -> None:
+    """Start real processes side by side (each spends ~1 s importing): the suite pays for one start, not several."""
+    with ThreadPoolExecutor(len(procs)) as pool:
+        for future in [pool.submit(proc.start) for proc in procs]:
+            future.result()
