@@ -51,12 +51,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import logging.config
 
     from arq.logs import default_log_config
-    from arq.worker import run_worker
 
+    from worker.resilient import run_resilient_worker
     from worker.settings import WorkerSettings
 
     logging.config.dictConfig(default_log_config(verbose=False))
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_resilient_worker(WorkerSettings)  # arq's Worker, plus a poll loop that outlives a Redis restart
     return 0
 
 

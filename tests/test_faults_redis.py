@@ -15,7 +15,7 @@ from tests.support.eventsource import ResumingViewer
 from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_server import RedisServer, redis_server_available
-from tests.support.sse import create_run
+from tests.support.sse import create_run, read_sse
 
 pytestmark = [
     pytest.mark.slow,
@@ -62,6 +62,14 @@ async def assert_every_viewer_exact(redis_url: str, runs: list[dict], viewers: l
                 assert as_log(viewer.received) == log
 
 
+async def assert_still_serving(http: httpx.AsyncClient, gateway: GatewayProcess, worker: WorkerProcess) -> None:
+    """After the fault both processes are alive and a new run goes through end to end."""
+    run = await create_run(http, gateway.url, "echo", "after the fault")
+    events = await read_sse(http, gateway.url, run["run_id"], run["token"])
+    assert events[-1].event == "complete"
+    assert worker.alive() and gateway.alive(), worker.log()[-2000:]
+
+
 async def test_killed_redis_connections_lose_and_duplicate_nothing(
     durable_redis: RedisServer, deployment: tuple[GatewayProcess, WorkerProcess], http: httpx.AsyncClient
 ):
@@ -77,7 +85,7 @@ async def test_killed_redis_connections_lose_and_duplicate_nothing(
 
     assert killed >= 6, "the fault was not injected: no gateway/worker connections were killed"
     await assert_every_viewer_exact(durable_redis.url, runs, viewers)
-    assert worker.alive() and gateway.alive()
+    await assert_still_serving(http, gateway, worker)
     report(f"CLIENT KILL x3: {killed} connections killed", viewers, worker)
 
 
@@ -107,7 +115,7 @@ async def test_redis_restart_mid_stream_with_aof_loses_and_duplicates_nothing(
 
     assert 503 in down, f"/readyz must report not-ready while Redis is down, saw {sorted(set(down))}"
     await assert_every_viewer_exact(durable_redis.url, runs, viewers)
-    assert worker.alive() and gateway.alive()
+    await assert_still_serving(http, gateway, worker)
     report("redis-server SIGKILL + 1 s down + restart (AOF)", viewers, worker)
 
 
