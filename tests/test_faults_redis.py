@@ -125,5 +125,5 @@ def report(fault: str, viewers: list[ResumingViewer], worker: WorkerProcess) -> 
     print(
         f"\n[fault] {fault}: {len(viewers)} viewers, {events} events delivered, "
         f"{sum(v.broken for v in viewers)} viewer reconnects, lost 0, duplicated 0, "
-        f"worker append retries {worker.log().count('redis unavailable')}"
+        f"worker Redis retries so far {worker.log().count('redis unavailable')}"
     )
