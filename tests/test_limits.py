@@ -40,7 +40,7 @@ def limited(module_redis_url: str, worker_proc: WorkerProcess) -> Iterator[Gatew
 
 
 async def long_run(http: httpx.AsyncClient, base: str) -> dict:
-    response = await http.post(f"{base}/v1/runs", json={"agent": "echo", "input": words(300)}, headers=AUTH)
+    response = await http.post(f"{base}/v1/runs", json={"agent": "echo", "input": words(150)}, headers=AUTH)
     assert response.status_code == 202, response.text
     return response.json()
 

@@ -40,7 +40,7 @@ async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewher
     worker, leaving = WorkerProcess(module_redis_url), GatewayProcess(module_redis_url, RUNCAST_SHUTDOWN_GRACE_S="3")
     start_together(worker, leaving)
     try:
-        text = words(150)  # 3 s: far longer than the shutdown may take
+        text = words(100)  # 2 s: far longer than the shutdown may take
         run = await create_run(http, standby.url, "echo", text)
         viewers = [ResumingViewer([leaving.url, standby.url], run["run_id"], run["token"]) for _ in range(10)]
         tasks = [asyncio.create_task(v.run(http, timeout_s=30)) for v in viewers]

@@ -24,6 +24,8 @@ def runcast_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "RUNCAST_REDIS_URL": redis_url,
             "RUNCAST_SECRET": TEST_SECRET,
             "RUNCAST_SCRIPTED_DELAY_MS": "20",
+            "RUNCAST_JOB_COMPLETION_WAIT_S": "1",  # test processes stop fast; tests of the grace period set their own
+            "RUNCAST_SHUTDOWN_GRACE_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
