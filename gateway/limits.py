@@ -5,7 +5,7 @@
   come back later or go to another replica.
 - Run creation is counted in Redis with a fixed window per identity (`runcast:ratelimit:{<identity>}:<window>`,
   one INCR + EXPIRE), so the limit holds across all gateways. The identity is the API key (hashed: keys never
-  reach Redis in clear) or, when creation is open, the client address. Past the limit: 429 with `Retry-After`.
+  reach Redis in clear); with no API keys configured creation is open and not limited. Past it: 429, `Retry-After`.
 """
 
 from __future__ import annotations
@@ -54,10 +54,9 @@ class ViewerLimits:
         VIEWER_SLOTS.dec()
 
 
-def identity_of(api_key: str | None, client_host: str | None) -> str:
-    if api_key:
-        return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:32]
-    return f"addr:{client_host or 'unknown'}"
+def key_identity(api_key: str) -> str:
+    """What the rate limit counts under: a SHA-256 prefix, so API keys never reach Redis in clear."""
+    return "key:" + hashlib.sha256(api_key.encode()).hexdigest()[:32]
 
 
 class CreateRateLimiter:

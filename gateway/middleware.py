@@ -16,7 +16,7 @@ from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.auth import bearer
-from gateway.limits import CreateRateLimiter, ViewerLimits, identity_of, retry_after_header
+from gateway.limits import CreateRateLimiter, ViewerLimits, key_identity, retry_after_header
 
 VIEWER_PATH = re.compile(r"^/v1/runs/([^/]{1,64})/(events|ws)$")
 
@@ -127,7 +127,8 @@ def _known_key(given: str | None, keys: list[str]) -> bool:
 
 
 class CreateRateLimit:
-    """`POST /v1/runs` at most RUNCAST_CREATE_RATE_LIMIT times per API key per window (all gateways): else 429."""
+    """`POST /v1/runs` at most RUNCAST_CREATE_RATE_LIMIT times per API key per window (all gateways): else 429.
+    Only when RUNCAST_API_KEYS is set: open creation (development, the demo, benchmarks) is not limited."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -140,16 +141,15 @@ class CreateRateLimit:
         state: Any = scope["app"].state.runcast
         settings = state.settings
         key = bearer(_header(scope, b"authorization"))
-        if settings.create_rate_limit == 0 or (settings.api_keys and not _known_key(key, settings.api_keys)):
-            await self.app(scope, receive, send)  # no limit, or no valid key: the route answers 401
+        if settings.create_rate_limit == 0 or key is None or not _known_key(key, settings.api_keys):
+            await self.app(scope, receive, send)  # no limit, open creation, or no valid key (the route answers 401)
             return
         if self.limiter is None:
             self.limiter = CreateRateLimiter(
                 state.redis, limit=settings.create_rate_limit, window_s=settings.create_rate_window_s
             )
-        client = scope.get("client")
         try:
-            wait_s = await self.limiter.hit(identity_of(key if settings.api_keys else None, client and client[0]))
+            wait_s = await self.limiter.hit(key_identity(key))
         except RedisError:
             wait_s = None  # fail open: without Redis the route itself answers 503
         if wait_s is not None:

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     )
     max_viewers_per_run: int = Field(1_000, ge=1, description="open SSE/WebSocket viewers of one run, per gateway")
     max_viewers: int = Field(10_000, ge=1, description="open SSE/WebSocket viewers per gateway process")
-    create_rate_limit: int = Field(600, ge=0, description="runs one API key (or client address) may create per window")
+    create_rate_limit: int = Field(600, ge=0, description="runs one API key may create per window (0 = no limit)")
     create_rate_window_s: int = Field(60, ge=1, description="the create-rate window, in seconds")
     max_body_bytes: int = Field(
         256 * 1024, ge=1, description="request bodies over this are refused with 413 before they are read"
