@@ -106,7 +106,9 @@ async def test_redis_restart_mid_stream_with_aof_loses_and_duplicates_nothing(
     runs, viewers, tasks = await start_viewers(http, gateway)
     poller = asyncio.create_task(poll_readyz())
     await asyncio.to_thread(durable_redis.stop)  # SIGKILL: no clean shutdown, only the AOF survives
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(0.5)
+    while_down = await http.get(runs[0]["status_url"], params={"token": runs[0]["token"]})
+    await asyncio.sleep(0.5)
     down = list(readiness)
     await asyncio.to_thread(durable_redis.start)  # same port, same dir: reloads the AOF
     await asyncio.gather(*tasks)
@@ -114,6 +116,8 @@ async def test_redis_restart_mid_stream_with_aof_loses_and_duplicates_nothing(
     poller.cancel()
 
     assert 503 in down, f"/readyz must report not-ready while Redis is down, saw {sorted(set(down))}"
+    assert while_down.status_code == 503 and while_down.headers["retry-after"] == "1", while_down.text
+    assert "unavailable" in while_down.json()["detail"]
     await assert_every_viewer_exact(durable_redis.url, runs, viewers)
     await assert_still_serving(http, gateway, worker)
     report("redis-server SIGKILL + 1 s down + restart (AOF)", viewers, worker)

@@ -11,6 +11,7 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from gateway.feed import DirectFeed
 from gateway.sweeper import LostRunSweeper
 from shared.ids import new_run_id
 from shared.keys import heartbeat_key
@@ -18,7 +19,9 @@ from shared.redis_client import redis_from_url
 from shared.resilience import RUNNING_KEY
 from shared.settings import Settings
 from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
-from shared.streamlog import StreamLog
+from shared.streamlog import Entry, Reset, StreamLog
+from tests.support.faults import wait_until
+from tests.support.redis_server import RedisServer, redis_server_available
 from worker.durable import DurableStreamLog
 from worker.heartbeat import run_heartbeat
 from worker.job import run_agent
@@ -134,3 +137,64 @@ async def test_cancelling_a_job_ends_its_run_with_worker_shutdown(redis: Redis, 
     assert entries[-1].type == "error" and '"worker_shutdown"' in entries[-1].event
     assert (await state.stream_log.get_meta(run_id))["status"] == "failed"
     assert not await redis.exists(heartbeat_key(run_id))
+
+
+async def collect(feed: DirectFeed, run_id: str, into: list[Entry]) -> None:
+    async for batch in feed.subscribe(run_id, "0-0"):
+        assert not isinstance(batch, Reset)
+        into.extend(batch)
+
+
+async def test_direct_feed_rides_through_killed_connections_from_its_last_id(
+    redis: Redis, caplog: pytest.LogCaptureFixture
+):
+    log = StreamLog(redis)
+    run_id = new_run_id()
+    await log.create_run(run_id, "echo", "x")
+    await log.append(run_id, start(run_id))
+    feed = DirectFeed(StreamLog(redis_from_url(log_url(redis), client_name="feed")), block_ms=10_000, retry_s=5)
+    got: list[Entry] = []
+    reader = asyncio.create_task(collect(feed, run_id, got))
+    for n in range(1, 4):
+        await log.append(run_id, chunk(run_id, n))
+    await wait_until(lambda: len(got) >= 4, 5, "the feed to deliver the first entries")
+    killed = 0
+    for client in await redis.client_list():  # the feed's connection, blocked in XREAD
+        if client.get("name") == "feed":
+            killed += await redis.client_kill_filter(_id=client["id"])
+    for n in range(4, 7):
+        await log.append(run_id, chunk(run_id, n))
+    await log.append(run_id, StreamingEvent(StreamingEventType.COMPLETE, {"content": ""}, run_id=run_id))
+    await asyncio.wait_for(reader, 10)
+    await feed.stream_log.redis.aclose()
+
+    assert killed >= 1
+    assert any("redis unavailable" in r.getMessage() for r in caplog.records), "the retry path was not exercised"
+    assert got == await log.read_all(run_id)
+
+
+async def test_direct_feed_gives_up_after_retry_s_so_the_viewer_can_resume_elsewhere():
+    if not redis_server_available():
+        pytest.skip("needs a real redis-server to stop")
+    server = RedisServer().start()
+    client = redis_from_url(server.url)
+    try:
+        log = StreamLog(client)
+        run_id = new_run_id()
+        await log.create_run(run_id, "echo", "x")
+        await log.append(run_id, start(run_id))
+        got: list[Entry] = []
+        reader = asyncio.create_task(collect(DirectFeed(log, block_ms=200, retry_s=0.5), run_id, got))
+        await wait_until(lambda: bool(got), 5, "the first entry")
+        server.stop()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(reader, 10)
+        assert [e.type for e in got] == ["start"]
+    finally:
+        await client.aclose()
+        server.cleanup()
+
+
+def log_url(redis: Redis) -> str:
+    kwargs = redis.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
