@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -15,15 +16,18 @@ import pytest
 import websockets
 
 from tests.support.faults import words
-from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.ports import free_port
+from tests.support.processes import GatewayProcess, Process, WorkerProcess, runcast_env
 from tests.support.stack import running_stack
 
 # Fresh keys every session: the rate counts live in Redis (for an hour), and RUNCAST_TEST_REDIS_URL may be reused.
-KEY, RATE_KEY, OTHER_RATE_KEY = (f"{name}-{uuid.uuid4().hex}" for name in ("viewers", "rate", "rate-other"))
+KEY, RATE_KEY, OTHER_RATE_KEY, LOG_KEY = (
+    f"{name}-{uuid.uuid4().hex}" for name in ("viewers", "rate", "rate-other", "log")
+)
 AUTH = {"Authorization": f"Bearer {KEY}"}
 RATE_LIMIT, RATE_WINDOW_S = 3, 3600  # a long window: the test cannot straddle a window boundary
 LIMITS = {
-    "RUNCAST_API_KEYS": f"{KEY},{RATE_KEY},{OTHER_RATE_KEY}",
+    "RUNCAST_API_KEYS": f"{KEY},{RATE_KEY},{OTHER_RATE_KEY},{LOG_KEY}",
     "RUNCAST_MAX_VIEWERS_PER_RUN": "2",
     "RUNCAST_MAX_VIEWERS": "3",
     "RUNCAST_CREATE_RATE_LIMIT": str(RATE_LIMIT),
@@ -146,7 +150,7 @@ async def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_limit(limited:
 
 
 async def test_tokens_never_reach_the_access_log(limited: GatewayProcess, http: httpx.AsyncClient):
-    auth = {"Authorization": f"Bearer {OTHER_RATE_KEY}"}  # the viewer test spends KEY's three creations
+    auth = {"Authorization": f"Bearer {LOG_KEY}"}  # each test its own key: the viewer test spends KEY's three
     run = (await http.post(f"{limited.url}/v1/runs", json={"agent": "echo", "input": "a b"}, headers=auth)).json()
     token = run["token"]
     await http.get(f"{limited.url}/v1/runs/{run['run_id']}", params={"token": token})
@@ -162,3 +166,30 @@ async def test_tokens_never_reach_the_access_log(limited: GatewayProcess, http: 
     assert f"/v1/runs/{run['run_id']}?token=[redacted]" in log, "the access log must still show the request"
     assert "WebSocket" in log
     assert token not in log and token.split(".")[1] not in log
+
+
+async def test_tokens_are_redacted_under_plain_uvicorn_too(
+    module_redis_url: str, limited: GatewayProcess, http: httpx.AsyncClient
+):
+    """`uvicorn gateway.app:app` (no `runcast gateway`): the filter is installed when the app is created."""
+    port = free_port()
+    args = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--port", str(port), "--log-level", "info"]
+    proc = Process(args, runcast_env(module_redis_url)).start()
+    try:
+        auth = {"Authorization": f"Bearer {LOG_KEY}"}
+        run = (await http.post(f"{limited.url}/v1/runs", json={"agent": "echo", "input": "a"}, headers=auth)).json()
+        url = f"http://127.0.0.1:{port}/v1/runs/{run['run_id']}"
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:
+            try:
+                response = await http.get(url, params={"token": run["token"]})
+                break
+            except httpx.TransportError:
+                assert asyncio.get_running_loop().time() < deadline, proc.log()
+                await asyncio.sleep(0.1)
+        assert response.status_code == 200
+        await asyncio.sleep(0.3)
+    finally:
+        proc.stop()
+    assert f"/v1/runs/{run['run_id']}?token=[redacted]" in proc.log()
+    assert run["token"] not in proc.log()
