@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
+import websockets
 
 from tests.support.eventsource import ResumingViewer
 from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
@@ -44,7 +46,10 @@ async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewher
         run = await create_run(http, standby.url, "echo", text)
         viewers = [ResumingViewer([leaving.url, standby.url], run["run_id"], run["token"]) for _ in range(10)]
         tasks = [asyncio.create_task(v.run(http, timeout_s=30)) for v in viewers]
+        ws_messages: list[dict] = []
+        ws_closed = asyncio.create_task(ws_viewer(leaving, run, ws_messages))
         await wait_until(lambda: all(len(v.received) >= 3 for v in viewers), 15, "viewers mid-stream")
+        await wait_until(lambda: len(ws_messages) >= 3, 15, "the WebSocket viewer mid-stream")
 
         leaving.signal(signal.SIGTERM)
         asked = time.monotonic()
@@ -52,6 +57,7 @@ async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewher
         took = time.monotonic() - asked
         status = (await http.get(run["status_url"], params={"token": run["token"]})).json()["status"]
         await asyncio.gather(*tasks)
+        ws_close_code = await ws_closed
     finally:
         leaving.stop()
         worker.stop()
@@ -66,7 +72,22 @@ async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewher
         assert "ended without terminal event" in viewer.outcomes, viewer.outcomes  # a clean end, not a cut
         assert viewer.received[-1].event == "complete"
         assert as_log(viewer.received) == log
+    assert ws_messages[-1]["event"]["type"] not in ("complete", "error")
+    assert ws_close_code in (1001, 1012), ws_close_code  # going away / service restart: reconnect elsewhere
+    print(f"\n[fault] gateway SIGTERM: WebSocket viewer closed with {ws_close_code}")
     print(f"\n[fault] gateway SIGTERM: exited in {took:.2f}s, {len(viewers)} viewers resumed elsewhere, exact")
+
+
+async def ws_viewer(gateway: GatewayProcess, run: dict, messages: list[dict]) -> int | None:
+    """A WebSocket viewer on the gateway being stopped: the close code it gets."""
+    url = f"{gateway.url.replace('http', 'ws', 1)}/v1/runs/{run['run_id']}/ws?token={run['token']}"
+    async with websockets.connect(url) as ws:
+        try:
+            async for message in ws:
+                messages.append(json.loads(message))
+        except websockets.ConnectionClosed:
+            pass
+        return ws.close_code
 
 
 async def test_worker_sigterm_finishes_short_runs_and_ends_long_ones_with_worker_shutdown(
