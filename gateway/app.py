@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from fastapi import Depends, FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,7 +20,10 @@ from redis.exceptions import RedisError
 from gateway import routes_events, routes_runs
 from gateway.feed import DirectFeed, EventFeed
 from gateway.hub import Hub
+from gateway.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
+from gateway.redact import install_token_redaction
 from gateway.state import GatewayState, get_state
+from gateway.sweeper import LostRunSweeper
 from shared.redis_client import stream_redis
 from shared.settings import Settings, get_settings
 from shared.streamlog import StreamLog
@@ -31,7 +35,7 @@ FeedFactory = Callable[[StreamLog], EventFeed]
 def feed_for(settings: Settings) -> FeedFactory:
     """The read path RUNCAST_FEED names."""
     if settings.feed == "direct":
-        return DirectFeed
+        return partial(DirectFeed, retry_s=settings.redis_retry_s)
 
     def hub(stream_log: StreamLog) -> EventFeed:
         return Hub(stream_log, queue_size=settings.hub_queue_size, history_size=settings.hub_history_size)
@@ -56,9 +60,11 @@ def create_app(
         stream_log = StreamLog(client, maxlen=conf.stream_maxlen, retention_s=conf.retention_s)
         feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
+        sweeper = LostRunSweeper(stream_log, interval_s=conf.sweep_every_s).start()
         try:
             yield
         finally:
+            await sweeper.stop()
             await feed.close()
             if queue is None:
                 await arq_pool.aclose()
@@ -73,6 +79,7 @@ def create_app(
     )
     app.include_router(routes_runs.router)
     app.include_router(routes_events.router)
+    install_guards(app, settings)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:
@@ -102,6 +109,33 @@ def create_app(
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     return app
+
+
+def install_guards(app: FastAPI, settings: Settings | None) -> None:
+    """Limits, Redis-outage answers and token redaction (README "Reliability" and "Security")."""
+    app.add_middleware(ViewerLimit)
+    app.add_middleware(CreateRateLimit)
+    app.add_middleware(BodySizeLimit, max_bytes=(settings or get_settings()).max_body_bytes)
+    app.add_exception_handler(RedisError, redis_unavailable)
+    app.add_exception_handler(UnicodeEncodeError, not_unicode)
+    install_token_redaction()
+
+
+async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Redis is down or restarting: a retryable 503, not a 500 (clients and load balancers retry)."""
+    return JSONResponse(
+        {"detail": f"the event store is unavailable ({type(exc).__name__}); retry shortly"},
+        status_code=503,
+        headers={"Retry-After": "1"},
+    )
+
+
+async def not_unicode(request: Request, exc: Exception) -> JSONResponse:
+    """JSON may carry lone surrogates (`"\\ud800"`) that are not Unicode text and cannot be stored: the client's
+    mistake, so a 422 that says so rather than a 500 when the text is first encoded."""
+    return JSONResponse(
+        {"detail": "text fields must be valid Unicode (a lone surrogate such as \\ud800 is not)"}, status_code=422
+    )
 
 
 app = create_app()

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, HTTPException, Path, Query, Request
 
 from gateway.state import GatewayState, get_state
 from shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
-from shared.tokens import TokenError, verify_token
+from shared.tokens import TokenError, TokenInvalid, verify_token
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -33,10 +33,23 @@ def readable_run(
 ) -> str:
     """The run id, once the caller has shown that run's token (query or bearer header)."""
     try:
-        verify_token(state.secret, token or bearer(authorization), run_id)
+        verify_with_any(state.settings.verify_secrets(), token or bearer(authorization), run_id)
     except TokenError as exc:
         raise HTTPException(exc.status_code, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
     return run_id
+
+
+def verify_with_any(secrets: list[bytes], token: str | None, run_id: str) -> None:
+    """Tokens are signed with the first secret and checked against each (RUNCAST_SECRET, then
+    RUNCAST_SECRET_PREVIOUS), so a rotated secret does not log every viewer out at once."""
+    mismatch: TokenInvalid | None = None
+    for secret in secrets:
+        try:
+            verify_token(secret, token, run_id)
+            return
+        except TokenInvalid as exc:  # wrong signature under this secret (or malformed): try the next one
+            mismatch = exc
+    raise mismatch or TokenInvalid("token signature does not match")
 
 
 def require_api_key(

@@ -7,12 +7,15 @@ which implements the same protocol with one multiplexed XREAD reader per process
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
+from typing import Protocol, TypeVar
 
+from shared.resilience import Backoff, retry_transient
 from shared.streamlog import TERMINAL_STATUSES, Entry, Reset, StreamLog
 
 Batch = list[Entry] | Reset
+T = TypeVar("T")
 
 
 class EventFeed(Protocol):
@@ -25,32 +28,46 @@ class EventFeed(Protocol):
 
 
 class DirectFeed:
-    """One XRANGE for the backlog, then one blocking XREAD loop per subscriber."""
+    """One XRANGE for the backlog, then one blocking XREAD loop per subscriber.
 
-    def __init__(self, stream_log: StreamLog, block_ms: int = 5_000, backlog_count: int = 1_000) -> None:
+    Every read is by id after the last delivered entry, so it is idempotent: when Redis drops the connection or
+    restarts, the read is retried with backoff from the same id (no gap, no duplicate) for up to `retry_s` of
+    continuous outage; after that the error ends the stream and the client resumes with its Last-Event-ID.
+    """
+
+    def __init__(
+        self, stream_log: StreamLog, block_ms: int = 5_000, backlog_count: int = 1_000, retry_s: float = 30.0
+    ) -> None:
         self.stream_log = stream_log
         self.block_ms = block_ms
         self.backlog_count = backlog_count
+        self.retry_s = retry_s
 
     async def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
-        reset = await self.stream_log.check_gap(run_id, after_id)
+        backoff = Backoff(self.retry_s)
+        log = self.stream_log
+
+        def retried(call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+            return retry_transient(call, backoff)
+
+        reset = await retried(partial(log.check_gap, run_id, after_id))
         if reset is not None:
             yield reset
         last_id = after_id
         while True:  # backlog, in pages
-            entries = await self.stream_log.read_after(run_id, last_id, count=self.backlog_count)
+            entries = await retried(partial(log.read_after, run_id, last_id, count=self.backlog_count))
             if not entries:
                 break
             yield entries
             if entries[-1].is_terminal:
                 return
             last_id = entries[-1].id
-        if await self._ended_at(run_id, last_id):
+        if await retried(partial(self._ended_at, run_id, last_id)):
             return
         while True:  # live
-            entries = await self.stream_log.tail(run_id, last_id, self.block_ms)
+            entries = await retried(partial(log.tail, run_id, last_id, self.block_ms))
             if not entries:
-                if await self.stream_log.get_meta(run_id) is None:
+                if await retried(partial(log.get_meta, run_id)) is None:
                     return  # the run expired under us
                 continue
             yield entries

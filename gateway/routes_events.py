@@ -7,10 +7,12 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Depends, HTTPException, WebSocket, WebSocketDisconnect
 from sse_starlette import EventSourceResponse
 
 from gateway.auth import readable_run, resume_id, valid_run_id
+from gateway.drain import until_shutdown
 from gateway.routes_runs import _ERRORS, load_meta
 from gateway.state import GatewayState, get_state
 from gateway.wire import sse_batch, sse_reset_frame, ws_message, ws_reset_message
@@ -50,8 +52,11 @@ async def run_events(
 ) -> EventSourceResponse:
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        sse_stream(state, run_id, after_id),
+        until_shutdown(shutdown, sse_stream(state, run_id, after_id)),
+        shutdown_event=shutdown,
+        shutdown_grace_period=state.settings.shutdown_grace_s / 2,
         ping=state.settings.sse_ping_s,
         sep="\n",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -69,9 +74,14 @@ async def _ws_resume_id(websocket: WebSocket) -> str | None:
     if query_value:
         return query_value
     try:
-        text = await asyncio.wait_for(websocket.receive_text(), WS_FIRST_MESSAGE_WAIT_S)
+        frame = await asyncio.wait_for(websocket.receive(), WS_FIRST_MESSAGE_WAIT_S)
     except TimeoutError:
         return None
+    if frame["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(frame.get("code", 1000))
+    text = frame.get("text")
+    if text is None:  # a binary frame
+        raise HTTPException(400, 'first message must be a text frame: JSON like {"last_event_id": "<id>"}')
     try:
         message = json.loads(text)
     except ValueError:

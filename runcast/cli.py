@@ -8,6 +8,9 @@ import os
 import sys
 from collections.abc import Sequence
 
+WS_MAX_MESSAGE_BYTES = 64 * 1024
+"""A viewer only ever sends `{"last_event_id": ...}`: bigger WebSocket messages are refused by the server (1009)."""
+
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from runcast.demo import serve_demo
@@ -37,6 +40,10 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         forwarded_allow_ips=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
         log_level=args.log_level,
         backlog=args.backlog,
+        # SIGTERM: sse-starlette ends open SSE streams at once (clients resume elsewhere with Last-Event-ID); this
+        # bounds what is left (WebSockets, slow requests) so a deploy never waits for the runs being watched to end.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,
+        ws_max_size=WS_MAX_MESSAGE_BYTES,
     )
     return 0
 
@@ -45,12 +52,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import logging.config
 
     from arq.logs import default_log_config
-    from arq.worker import run_worker
 
+    from worker.resilient import run_resilient_worker
     from worker.settings import WorkerSettings
 
     logging.config.dictConfig(default_log_config(verbose=False))
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_resilient_worker(WorkerSettings)  # arq's Worker, plus a poll loop that outlives a Redis restart
     return 0
 
 

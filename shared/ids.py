@@ -6,7 +6,7 @@ import re
 import uuid
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
-ENTRY_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$")
+ENTRY_ID_RE = re.compile(r"^(\d{1,20})-(\d{1,20})$", re.ASCII)  # ASCII: a bare \d admits fullwidth digits
 _U64_MAX = 2**64 - 1
 
 START_ID = "0-0"

@@ -22,6 +22,10 @@ class Settings(BaseSettings):
         None, description="plain Redis for the arq job queue (default: RUNCAST_REDIS_URL); required with a cluster"
     )
     secret: SecretStr | None = None
+    secret_previous: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="older secrets still accepted when checking tokens (comma-separated), for zero-downtime rotation",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_maxlen: int = Field(10_000, ge=1)
     retention_s: int = Field(86_400, ge=1)
@@ -54,6 +58,28 @@ class Settings(BaseSettings):
         StreamConfig.parse(value)
         return value
 
+    # Reliability and limits (README "Reliability", "Security").
+    worker_lost_s: float = Field(15.0, gt=0, description="a running run whose worker heartbeat is this stale is lost")
+    sweep_interval_s: float | None = Field(
+        None, gt=0, description="how often each gateway sweeps running runs for lost workers (default worker_lost_s/3)"
+    )
+    job_completion_wait_s: int = Field(
+        20, ge=0, description="on SIGTERM a worker lets running agents finish this long, then ends them"
+    )
+    shutdown_grace_s: float = Field(
+        3.0, ge=0, description="on SIGTERM a gateway waits this long for its open streams to close"
+    )
+    redis_retry_s: float = Field(
+        30.0, gt=0, description="how long a live stream or a worker append retries a lost Redis before giving up"
+    )
+    max_viewers_per_run: int = Field(1_000, ge=1, description="open SSE/WebSocket viewers of one run, per gateway")
+    max_viewers: int = Field(10_000, ge=1, description="open SSE/WebSocket viewers per gateway process")
+    create_rate_limit: int = Field(600, ge=0, description="runs one API key may create per window (0 = no limit)")
+    create_rate_window_s: int = Field(60, ge=1, description="the create-rate window, in seconds")
+    max_body_bytes: int = Field(
+        256 * 1024, ge=1, description="request bodies over this are refused with 413 before they are read"
+    )
+
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
@@ -78,6 +104,21 @@ class Settings(BaseSettings):
     def queue_url(self) -> str:
         """Where the arq job queue lives (gateway enqueues, worker polls)."""
         return self.queue_redis_url or self.redis_url
+
+    @field_validator("secret_previous", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def sweep_every_s(self) -> float:
+        return self.sweep_interval_s or max(self.worker_lost_s / 3, 0.1)
+
+    def verify_secrets(self) -> list[bytes]:
+        """Every secret a token may be signed with: the current one first, then RUNCAST_SECRET_PREVIOUS."""
+        return [self.secret_bytes(), *(s.get_secret_value().encode() for s in self.secret_previous)]
 
     def secret_bytes(self) -> bytes:
         if self.secret is None or not self.secret.get_secret_value():

@@ -22,6 +22,7 @@ from shared.keys import meta_key
 from shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
 from shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
 from worker.agents import Agent
+from worker.heartbeat import run_heartbeat
 from worker.providers.base import ModelProvider
 from worker.publisher import publish_events
 from worker.runner import run_agent_events
@@ -53,15 +54,19 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
     if meta is None:
         log.warning("run %s has no meta (expired?); skipping", run_id)
         return "unknown"
-    if meta.get("status") in TERMINAL_STATUSES:
-        return meta["status"]  # cancelled while queued: never start it
+    if meta.get("status") != "queued":
+        # Ended while queued (cancel), or already started by a worker that died or was stopped (arq retries jobs
+        # it cancelled): never run the agent again on top of a half-published stream.
+        log.info("run %s is %s, not queued; not running it (again)", run_id, meta.get("status"))
+        return meta.get("status", "unknown")
     agent = state.registry.get(meta.get("agent", ""))
     try:
         if agent is None:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
-        await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
+        async with run_heartbeat(stream_log, run_id):
+            await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:

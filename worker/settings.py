@@ -6,12 +6,15 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from shared.keys import AGENTS_KEY
 from shared.redis_client import stream_redis
+from shared.resilience import TRANSIENT_ERRORS
 from shared.settings import Settings, get_settings
-from shared.streamlog import StreamLog
 from worker.agents import load_registry
+from worker.durable import DurableStreamLog
 from worker.job import WorkerState, run_agent
 from worker.providers.base import ModelProvider
 from worker.providers.scripted import ScriptedProvider
@@ -31,7 +34,9 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
     redis = redis if redis is not None else stream_redis(settings)
     registry = load_registry(settings.agents)
     await redis.hset(AGENTS_KEY, mapping={name: agent.description for name, agent in registry.items()})
-    stream_log = StreamLog(redis, maxlen=settings.stream_maxlen, retention_s=settings.retention_s)
+    stream_log = DurableStreamLog(
+        redis, maxlen=settings.stream_maxlen, retention_s=settings.retention_s, retry_s=settings.redis_retry_s
+    )
     return WorkerState(
         stream_log=stream_log,
         registry=registry,
@@ -55,13 +60,22 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await state.stream_log.redis.aclose()
 
 
+def arq_redis_settings(settings: Settings) -> RedisSettings:
+    """arq's connection, retried with backoff so the worker's poll loop survives a Redis restart."""
+    conf = RedisSettings.from_dsn(settings.queue_url)
+    conf.retry_on_error = list(TRANSIENT_ERRORS)  # type: ignore[arg-type]
+    conf.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=max(int(settings.redis_retry_s), 1))
+    return conf
+
+
 class WorkerSettings:
     functions = [run_agent]
     on_startup = startup
     on_shutdown = shutdown
-    redis_settings = RedisSettings.from_dsn(get_settings().queue_url)
+    redis_settings = arq_redis_settings(get_settings())
     queue_name = get_settings().queue_name
     max_jobs = 200
     job_timeout = 3600
     keep_result = 60
     allow_abort_jobs = True
+    job_completion_wait = get_settings().job_completion_wait_s  # SIGTERM: running agents get this long to finish

@@ -24,6 +24,8 @@ def runcast_env(redis_url: str, **overrides: str) -> dict[str, str]:
             "RUNCAST_REDIS_URL": redis_url,
             "RUNCAST_SECRET": TEST_SECRET,
             "RUNCAST_SCRIPTED_DELAY_MS": "20",
+            "RUNCAST_JOB_COMPLETION_WAIT_S": "1",  # test processes stop fast; tests of the grace period set their own
+            "RUNCAST_SHUTDOWN_GRACE_S": "1",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -83,7 +85,7 @@ class Process:
 
 
 class GatewayProcess(Process):
-    def __init__(self, redis_url: str, port: int | None = None, **env: str):
+    def __init__(self, redis_url: str, port: int | None = None, log_level: str = "warning", **env: str):
         self.port = port or free_port()
         args = [
             sys.executable,
@@ -93,7 +95,7 @@ class GatewayProcess(Process):
             "--port",
             str(self.port),
             "--log-level",
-            "warning",
+            log_level,
         ]
         super().__init__(args, runcast_env(redis_url, **env))
 

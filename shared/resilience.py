@@ -1,0 +1,67 @@
+"""Liveness and retry primitives shared by the worker (heartbeat, durable appends) and the gateway (sweeper, feed).
+
+- `RUNNING_KEY`: a sorted set of the runs some worker has claimed (member = run id, score = claim time). It is one
+  global key (so it works in Redis Cluster; nothing ever touches it in the same command as a per-run key). It is only
+  an index for the sweeper: the truth is each run's own `heartbeat_key(run_id)`, a short-TTL key the worker refreshes.
+- `retry_transient`: retry an idempotent Redis call through a lost connection or a restarting server, with
+  exponential backoff and jitter (redis-py's own `EqualJitterBackoff`), until a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.backoff import EqualJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.keys import PREFIX
+
+RUNNING_KEY = f"{PREFIX}:running"
+
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ConnectionError)
+"""What a lost connection, a killed client or a restarting (LOADING) server raise: worth retrying."""
+
+log = logging.getLogger("runcast.resilience")
+T = TypeVar("T")
+
+
+class Backoff:
+    """Delays for successive failures: 50 ms doubling up to `cap_s`, with equal jitter; a deadline per outage."""
+
+    def __init__(self, give_up_after_s: float, *, base_s: float = 0.05, cap_s: float = 1.0) -> None:
+        self.give_up_after_s = give_up_after_s
+        self._backoff = EqualJitterBackoff(cap=cap_s, base=base_s)
+        self.failures = 0
+        self._outage_started = 0.0
+
+    def reset(self) -> None:
+        self.failures = 0
+
+    async def wait(self, exc: BaseException) -> None:
+        """Sleep before the next try, or re-raise `exc` when this outage has lasted longer than allowed."""
+        now = time.monotonic()
+        if self.failures == 0:
+            self._outage_started = now
+        elif now - self._outage_started > self.give_up_after_s:
+            raise exc
+        self.failures += 1
+        delay = self._backoff.compute(self.failures)
+        log.warning("redis unavailable (%s: %s); retry %d in %.2fs", type(exc).__name__, exc, self.failures, delay)
+        await asyncio.sleep(delay)
+
+
+async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
+    """Run `call` until it succeeds, retrying transient Redis errors. Only for idempotent calls (reads)."""
+    while True:
+        try:
+            result = await call()
+        except TRANSIENT_ERRORS as exc:
+            await backoff.wait(exc)
+            continue
+        backoff.reset()
+        return result
