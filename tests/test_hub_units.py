@@ -168,7 +168,7 @@ def test_runcast_feed_picks_the_read_path():
     from shared.settings import Settings
 
     assert Settings().feed == "hub"
-    assert feed_for(Settings(feed="direct")) is DirectFeed
+    assert isinstance(feed_for(Settings(feed="direct"))(StreamLog(Redis())), DirectFeed)
     feed = feed_for(Settings(feed="hub", hub_queue_size=7, hub_history_size=9))(StreamLog(Redis()))  # no I/O yet
     assert isinstance(feed, Hub) and (feed.queue_size, feed.history_size) == (7, 9)
 

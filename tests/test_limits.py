@@ -123,9 +123,19 @@ async def raw_request(port: int, head: bytes, body_chunks: list[bytes]) -> bytes
         for chunk in body_chunks:
             writer.write(chunk)
         await writer.drain()
-        return await asyncio.wait_for(reader.read(4096), 5)
+        return await asyncio.wait_for(_read_answer(reader), 5)
     finally:
         writer.close()
+
+
+async def _read_answer(reader: asyncio.StreamReader) -> bytes:
+    """Headers and the body they announce (which may arrive in a later segment than the headers)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")),
+        0,
+    )
+    return head + (await reader.readexactly(length) if length else b"")
 
 
 async def test_a_declared_huge_body_is_refused_before_it_is_sent(limited: GatewayProcess):

@@ -52,6 +52,8 @@ async def running_stack(redis_url: str | None, *, worker: bool = True, **setting
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await worker_task
-        await arq_worker.close()
+        # arq's close() cancels jobs still running and gathers them, re-raising their CancelledError.
+        with contextlib.suppress(asyncio.CancelledError):
+            await arq_worker.close()
         await server_task
         await redis.aclose()
