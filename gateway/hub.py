@@ -14,26 +14,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from functools import partial
+from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from gateway import metrics
-from gateway.hub_backoff import retrying
 from gateway.hub_reader import StreamReader
 from gateway.hub_run import RunFeed
 from gateway.subscriber import Subscriber
 from shared.cluster import ClusterReaders, run_slot
 from shared.ids import START_ID
 from shared.keys import meta_key
+from shared.resilience import Backoff, retry_transient
 from shared.streamlog import Entry, Reset, StreamLog, to_entries
 
 log = logging.getLogger("runcast.hub")
 
 Batch = list[Entry] | Reset
 GroupKey = Callable[[str], Hashable]
+T = TypeVar("T")
+
+
+RETRY_S = 15.0
+"""How long a join, backlog or catch-up read retries a lost Redis before the viewer's stream fails (and the client
+resumes, possibly on another gateway)."""
+
+
+def retrying(call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
+    """An idempotent Redis read, retried through transient errors with backoff for up to RETRY_S."""
+    return retry_transient(call, Backoff(RETRY_S, cap_s=2.0))
 
 
 def single_group(run_id: str) -> Hashable:
@@ -162,12 +174,12 @@ class Hub:
     async def _backlog_from_redis(self, run: RunFeed, last: str) -> AsyncIterator[Batch]:
         """Reset (when `last` was trimmed), then every entry after `last` up to the stream's end, in pages."""
         metrics.count_read("xrange")
-        reset = await retrying("check_gap", partial(self.log.check_gap, run.run_id, last))
+        reset = await retrying(partial(self.log.check_gap, run.run_id, last))
         if reset is not None:
             yield reset
         while True:
             metrics.count_read("xrange")
-            page = await retrying("xrange", partial(self.log.read_after, run.run_id, last, count=self.page_size))
+            page = await retrying(partial(self.log.read_after, run.run_id, last, count=self.page_size))
             if page:
                 yield page
                 last = page[-1].id
@@ -202,7 +214,7 @@ class Hub:
         run.refs = 1
         self.runs[run_id] = run
         try:
-            floor, tail = await retrying("join", partial(self._stream_tail, run))
+            floor, tail = await retrying(partial(self._stream_tail, run))
         except BaseException as exc:
             run.join_error = exc
             run.ready.set()

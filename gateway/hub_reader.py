@@ -19,8 +19,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
 from gateway import metrics
-from gateway.hub_backoff import TRANSIENT, Backoff
 from gateway.hub_run import RunFeed
+from shared.resilience import TRANSIENT_ERRORS, Backoff
 from shared.streamlog import Entry
 
 log = logging.getLogger("runcast.hub")
@@ -146,7 +146,7 @@ class StreamReader:
     # -- the loop --------------------------------------------------------------------------------------------------
 
     async def _run(self) -> None:
-        backoff = Backoff()
+        backoff = Backoff(None, cap_s=2.0)  # the reader never gives up: viewers wait, then resume exactly
         try:
             while not self._retired:
                 if not self.runs:
@@ -155,9 +155,9 @@ class StreamReader:
                     continue
                 try:
                     reply = await self._xread()
-                except (RedisError, *TRANSIENT) as exc:
+                except (RedisError, *TRANSIENT_ERRORS) as exc:
                     metrics.READER_ERRORS.inc()
-                    delay = backoff.next()
+                    delay = backoff.next_delay()
                     log.warning("hub reader %s: Redis error (%r); reconnecting in %.2fs", self.group, exc, delay)
                     await self._drop_connection()
                     await asyncio.sleep(delay)

@@ -23,17 +23,19 @@ from shared.keys import PREFIX
 
 RUNNING_KEY = f"{PREFIX}:running"
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, ConnectionError)
-"""What a lost connection, a killed client or a restarting (LOADING) server raise: worth retrying."""
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+"""What a lost connection, a killed client or a restarting (LOADING) server raise: worth retrying. Anything else is a
+bug to surface."""
 
 log = logging.getLogger("runcast.resilience")
 T = TypeVar("T")
 
 
 class Backoff:
-    """Delays for successive failures: 50 ms doubling up to `cap_s`, with equal jitter; a deadline per outage."""
+    """Delays for successive failures: 50 ms doubling up to `cap_s`, with equal jitter; a deadline per outage
+    (`give_up_after_s`; None retries for ever, as the hub's reader does)."""
 
-    def __init__(self, give_up_after_s: float, *, base_s: float = 0.05, cap_s: float = 1.0) -> None:
+    def __init__(self, give_up_after_s: float | None, *, base_s: float = 0.05, cap_s: float = 1.0) -> None:
         self.give_up_after_s = give_up_after_s
         self._backoff = EqualJitterBackoff(cap=cap_s, base=base_s)
         self.failures = 0
@@ -42,15 +44,22 @@ class Backoff:
     def reset(self) -> None:
         self.failures = 0
 
+    def next_delay(self) -> float:
+        """Count one more failure and return how long to wait before the next try."""
+        if self.failures == 0:
+            self._outage_started = time.monotonic()
+        self.failures += 1
+        return self._backoff.compute(self.failures)
+
+    def exhausted(self) -> bool:
+        limit = self.give_up_after_s
+        return self.failures > 0 and limit is not None and time.monotonic() - self._outage_started > limit
+
     async def wait(self, exc: BaseException) -> None:
         """Sleep before the next try, or re-raise `exc` when this outage has lasted longer than allowed."""
-        now = time.monotonic()
-        if self.failures == 0:
-            self._outage_started = now
-        elif now - self._outage_started > self.give_up_after_s:
+        if self.exhausted():
             raise exc
-        self.failures += 1
-        delay = self._backoff.compute(self.failures)
+        delay = self.next_delay()
         log.warning("redis unavailable (%s: %s); retry %d in %.2fs", type(exc).__name__, exc, self.failures, delay)
         await asyncio.sleep(delay)
 

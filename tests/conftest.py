@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from redis.asyncio import Redis, RedisCluster
 
+from shared.redis_client import cluster_from_url, redis_from_url
+from shared.streamlog import StreamLog
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
@@ -100,3 +103,23 @@ def redis_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture
+async def redis(real_redis_url: str) -> AsyncIterator[Redis]:
+    client = redis_from_url(real_redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def log(redis: Redis) -> StreamLog:
+    return StreamLog(redis)
+
+
+@pytest.fixture
+async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
+    client = cluster_from_url(redis_cluster.url)
+    await client.initialize()
+    yield client
+    await client.aclose()

@@ -6,7 +6,7 @@ the gateway's read path. Needs redis-server + redis-cli (real processes, real cl
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from redis.asyncio import RedisCluster
 
 from shared.keys import events_key
-from shared.redis_client import cluster_from_url, redis_from_url
+from shared.redis_client import redis_from_url
 from shared.settings import Settings
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster
@@ -46,14 +46,6 @@ def cluster_worker(redis_cluster: LocalCluster, cluster_env: dict[str, str]) -> 
     proc = WorkerProcess(redis_cluster.url, **cluster_env).start()
     yield proc
     proc.stop()
-
-
-@pytest.fixture
-async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = cluster_from_url(redis_cluster.url)
-    await client.initialize()
-    yield client
-    await client.aclose()
 
 
 def text_for(i: int) -> str:

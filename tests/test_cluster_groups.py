@@ -16,18 +16,10 @@ from redis.exceptions import MovedError
 from shared.cluster import ClusterReaders, SingleNodeReaders, SlotReader, group_by_slot, readers_for, run_slot
 from shared.ids import START_ID, new_run_id
 from shared.keys import events_key, meta_key
-from shared.redis_client import cluster_from_url, redis_from_url
+from shared.redis_client import redis_from_url
 from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
 from shared.streamlog import StreamLog
 from tests.support.redis_cluster import LocalCluster
-
-
-@pytest.fixture
-async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = cluster_from_url(redis_cluster.url)
-    await client.initialize()
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ whichever node its slot lives on. Needs redis-server + redis-cli (a real cluster
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 from redis.asyncio import RedisCluster
@@ -13,20 +12,10 @@ from redis.crc import key_slot
 from gateway.feed import DirectFeed
 from shared.ids import START_ID, new_run_id
 from shared.keys import AGENTS_KEY, events_key, meta_key
-from shared.redis_client import cluster_from_url
 from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
 from shared.streamlog import Entry, Reset, RunEnded, StreamLog
-from tests.support.redis_cluster import LocalCluster
 
 RUNS = 12
-
-
-@pytest.fixture
-async def cluster_client(redis_cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
-    client = cluster_from_url(redis_cluster.url)
-    await client.initialize()
-    yield client
-    await client.aclose()
 
 
 def chunk(run_id: str, text: str, n: int) -> StreamingEvent:

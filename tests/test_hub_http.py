@@ -15,7 +15,6 @@ import pytest
 from redis.asyncio import Redis
 
 from shared.keys import events_key
-from shared.redis_client import redis_from_url
 from shared.streamlog import StreamLog
 from shared.tokens import issue_token
 from tests.support.hub import new_run, parse_metrics, publish, server_stream_reads
@@ -23,18 +22,6 @@ from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.sse import Received, create_run, read_sse
 
 STREAM_READS = "runcast_hub_stream_reads_total"
-
-
-@pytest.fixture
-async def redis(module_redis_url: str) -> AsyncIterator[Redis]:
-    client = redis_from_url(module_redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def log(redis: Redis) -> StreamLog:
-    return StreamLog(redis)
 
 
 @pytest.fixture

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from gateway.hub import Hub
-from gateway.hub_backoff import retrying
+from gateway.hub import Hub, retrying
 from shared.ids import START_ID
 from shared.keys import events_key, meta_key
 from shared.redis_client import redis_from_url
@@ -23,18 +22,6 @@ from tests.support.hub import collect, eventually, hub_metric, new_run, publish
 from tests.support.redis_server import RedisServer
 
 HubFactory = Callable[..., Hub]
-
-
-@pytest.fixture
-async def redis(real_redis_url: str) -> AsyncIterator[Redis]:
-    client = redis_from_url(real_redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def log(redis: Redis) -> StreamLog:
-    return StreamLog(redis)
 
 
 @pytest.fixture
@@ -358,7 +345,7 @@ async def test_the_reader_survives_a_redis_restart_and_resumes_every_run_from_it
         await eventually(lambda: run_id in hub.runs and hub.runs[run_id].cursor == before[-1], what="delivered")
         errors = hub_metric("runcast_hub_reader_errors_total")
         server.restart()
-        await retrying("ping", client.ping)  # the publisher's pooled connection died too
+        await retrying(client.ping)  # the publisher's pooled connection died too
         after = await publish(log, run_id, 10)
         for _, got in await asyncio.wait_for(asyncio.gather(*viewers), 20):
             assert ids(got) == before + after
