@@ -19,6 +19,7 @@ import pytest
 from redis.asyncio import Redis
 
 from gateway.sse_response import PING_FRAME, OpenStreams, SSEResponse
+from gateway.subscriber import Subscriber
 from shared.keys import events_key
 from shared.redis_client import redis_from_url
 from shared.streamlog import StreamLog
@@ -362,3 +363,34 @@ async def test_a_cancellation_from_outside_still_propagates_and_closes_the_frame
     with pytest.raises(asyncio.CancelledError):
         await task
     assert frames.closed and len(streams) == 0
+
+
+# -- the hub subscriber's wake-up (a bare future instead of an asyncio.Event) ----------------------------------------
+
+
+async def test_a_subscriber_woken_before_it_waits_returns_at_once_then_waits_again():
+    sub = Subscriber(max_queue=8)
+    sub.wake()
+    await asyncio.wait_for(sub.wait(), 0.5)  # the earlier wake is not lost
+    waiting = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0.05)
+    assert not waiting.done(), "one wake, one return: the second wait blocks"
+    sub.offer([])
+    await asyncio.wait_for(waiting, 0.5)
+
+
+async def test_wakes_while_a_subscriber_is_being_resumed_do_not_make_a_spurious_wake_later():
+    sub = Subscriber(max_queue=8)
+    waiting = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0)
+    sub.wake()
+    sub.wake()  # before the waiting task ran: folded into the first, as Event.set would
+    await asyncio.wait_for(waiting, 0.5)
+    again = asyncio.create_task(sub.wait())
+    await asyncio.sleep(0.05)
+    assert not again.done()
+    again.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await again
+    sub.wake()  # a cancelled wait leaves no stale waiter behind: this wake is kept for the next wait
+    await asyncio.wait_for(sub.wait(), 0.5)
