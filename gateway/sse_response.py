@@ -3,10 +3,11 @@
 Hand-written on purpose instead of sse-starlette's `EventSourceResponse`, which the gateway used before. Measured on
 the hub read path (`bench/fanout.py`): an idle SSE viewer cost the gateway ~52 KiB RSS (raw ASGI on uvicorn: ~9 KiB),
 and at 1,000 viewers of one run ~25 % of the gateway's CPU went to sse-starlette/Starlette send wrappers. Per
-connection it runs an anyio task group of about three tasks (the stream, a ping task, a disconnect listener, plus an
-exit-signal listener) and wraps every send in its own timeout scope. Here a connection is its handler's own task plus
+connection it runs an anyio task group of four tasks (the stream, a ping task, a disconnect listener, an exit-signal
+listener) and wraps every send in its own timeout scope. Here a connection is its handler's own task plus
 one helper task that waits on `receive()` (for `http.disconnect`) and sends the heartbeat when the stream was quiet;
-every send is one plain `http.response.body` message, and the constant frames are pre-built bytes.
+every send is one plain `http.response.body` message, and the constant frames are pre-built bytes. Measured with
+this class: ~29 KiB per idle viewer (5,000 idle viewers, hub).
 
 Frames are encoded elsewhere (`gateway.wire`, with sse-starlette's `ServerSentEvent`); this module only moves bytes.
 
