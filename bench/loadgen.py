@@ -137,6 +137,8 @@ class Viewer(asyncio.Protocol):
                 entry_id = line[4:]
             elif line[:7] == b"event: ":
                 event_type = line[7:]
+        if not data:  # e.g. the opening `retry: 1000`: no data line, no event (SSE spec)
+            return
         if event_type == b"reset":
             self.resets += 1
             return

@@ -5,15 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Annotated
 
-import anyio
-from fastapi import APIRouter, Depends, HTTPException, WebSocket, WebSocketDisconnect
-from sse_starlette import EventSourceResponse
+from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from gateway.auth import readable_run, resume_id, valid_run_id
-from gateway.drain import until_shutdown
 from gateway.routes_runs import _ERRORS, load_meta
+from gateway.sse_response import SSEResponse, open_streams
 from gateway.state import GatewayState, get_state
 from gateway.wire import sse_batch, sse_reset_frame, ws_message, ws_reset_message
 from shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
@@ -36,8 +35,10 @@ def start_point(meta: dict[str, str], requested: str | None) -> str:
 
 
 async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIterator[bytes]:
-    async for batch in state.feed.subscribe(run_id, after_id):
-        yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
+    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes)."""
+    async with aclosing(state.feed.subscribe(run_id, after_id)) as batches:
+        async for batch in batches:
+            yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
 
 
 @router.get(
@@ -46,20 +47,15 @@ async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIt
     responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
 )
 async def run_events(
+    request: Request,
     run_id: Annotated[str, Depends(readable_run)],
     state: Annotated[GatewayState, Depends(get_state)],
     last_event_id: Annotated[str | None, Depends(resume_id)],
-) -> EventSourceResponse:
+) -> SSEResponse:
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
-    shutdown = anyio.Event()
-    return EventSourceResponse(
-        until_shutdown(shutdown, sse_stream(state, run_id, after_id)),
-        shutdown_event=shutdown,
-        shutdown_grace_period=state.settings.shutdown_grace_s / 2,
-        ping=state.settings.sse_ping_s,
-        sep="\n",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    return SSEResponse(
+        sse_stream(state, run_id, after_id), ping_s=state.settings.sse_ping_s, streams=open_streams(request.app)
     )
 
 

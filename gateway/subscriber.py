@@ -14,14 +14,19 @@ from shared.streamlog import Entry
 
 
 class Subscriber:
-    __slots__ = ("_inbox", "_wake", "attached", "lagging", "max_queue")
+    """Wake-ups use a bare future made only while the subscriber waits, not an `asyncio.Event`: the reader's
+    `offer` to N subscribers is a hot loop (the Event's set/wait/clear cost showed in profiles). Same semantics:
+    a wake while the subscriber is not waiting makes its next `wait()` return at once."""
+
+    __slots__ = ("_inbox", "_waiter", "_woken", "attached", "lagging", "max_queue")
 
     def __init__(self, max_queue: int) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.max_queue = max_queue
         self._inbox: list[Entry] = []
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None
+        self._woken = False
         self.attached = False
         self.lagging = False
 
@@ -33,10 +38,10 @@ class Subscriber:
         if len(self._inbox) + len(entries) > self.max_queue:
             self.lagging = True
             self.attached = False
-            self._wake.set()
+            self.wake()
             return False
         self._inbox.extend(entries)
-        self._wake.set()
+        self.wake()
         return True
 
     def attach(self) -> None:
@@ -54,8 +59,18 @@ class Subscriber:
         return batch
 
     def wake(self) -> None:
-        self._wake.set()
+        waiter = self._waiter
+        if waiter is None:
+            self._woken = True
+        elif not waiter.done():
+            waiter.set_result(None)
 
     async def wait(self) -> None:
-        await self._wake.wait()
-        self._wake.clear()
+        if self._woken:
+            self._woken = False
+            return
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None

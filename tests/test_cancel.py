@@ -20,7 +20,7 @@ from shared.streamlog import StreamLog
 from shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET
 from tests.support.runs import start_job, wait_for_entry, worker_state
-from tests.support.sse import create_run, read_sse
+from tests.support.sse import create_run, dispatched, read_sse
 from tests.support.stack import Stack, running_stack
 from worker.agents import Agent, CalculatorArgs, Tool, default_registry
 
@@ -58,7 +58,7 @@ class Viewer:
 
     async def _read(self, http: httpx.AsyncClient, url: str, token: str) -> None:
         async with aconnect_sse(http, "GET", url, params={"token": token}) as source:
-            async for sse in source.aiter_sse():
+            async for sse in dispatched(source):
                 self.received.append((time.time(), sse.event, json.loads(sse.data)))
                 self.changed.set()
                 if sse.event in ("complete", "error"):

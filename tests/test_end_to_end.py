@@ -115,3 +115,18 @@ async def test_resume_after_the_terminal_event_ends_immediately(deployment: str,
         read_sse(http, deployment, run["run_id"], run["token"], last_event_id=whole[-1].id), 5
     )
     assert rest == []
+
+
+async def test_a_plain_httpx_sse_consumer_gets_only_real_events(deployment: str, http: httpx.AsyncClient):
+    """No data-less frame reaches a library that surfaces them (the `retry:` field rides on the first event)."""
+    from httpx_sse import aconnect_sse
+
+    run = await create_run(http, deployment, "echo", "a b c")
+    url = f"{deployment}/v1/runs/{run['run_id']}/events"
+    seen = []
+    async with aconnect_sse(http, "GET", url, params={"token": run["token"]}) as source:
+        async for sse in source.aiter_sse():
+            seen.append(sse)
+    assert seen and all(sse.data and sse.id and sse.event for sse in seen)
+    assert seen[0].retry == 1000
+    assert [sse.event for sse in seen][-1] == "complete"

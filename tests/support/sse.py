@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
+from httpx_sse import EventSource, ServerSentEvent, aconnect_sse
 
 TERMINAL = {"complete", "error"}
 
@@ -21,6 +22,14 @@ class Received:
     @property
     def delta(self) -> str:
         return self.data["data"]["delta"]
+
+
+async def dispatched(source: EventSource) -> AsyncIterator[ServerSentEvent]:
+    """The events a browser's EventSource would fire. httpx-sse also yields a frame with no `data:` line (such as the
+    gateway's opening `retry: 1000`); the SSE spec does not dispatch those."""
+    async for sse in source.aiter_sse():
+        if sse.data:
+            yield sse
 
 
 async def read_sse(
@@ -46,7 +55,7 @@ async def read_sse(
     url = f"{base_url}/v1/runs/{run_id}/events"
     async with aconnect_sse(client, "GET", url, params=params, headers=headers) as source:
         source.response.raise_for_status()
-        async for sse in source.aiter_sse():
+        async for sse in dispatched(source):
             received.append(Received(sse.id or None, sse.event, json.loads(sse.data)))
             if sse.event in TERMINAL or (limit is not None and len(received) >= limit):
                 break
