@@ -22,7 +22,13 @@ def start_redis(maxclients: int) -> RedisServer:
 
 def start_gateway(redis_url: str, feed: str, backlog: int) -> GatewayProcess:
     """`python -m runcast.cli gateway` (uvicorn, one process) with RUNCAST_FEED=`feed`."""
-    gateway = GatewayProcess(redis_url, RUNCAST_FEED=feed, RUNCAST_STREAM_MAXLEN="100000000")
+    gateway = GatewayProcess(
+        redis_url,
+        RUNCAST_FEED=feed,
+        RUNCAST_STREAM_MAXLEN="100000000",
+        RUNCAST_MAX_VIEWERS_PER_RUN="1000000",  # measure fan-out, not the admission limits
+        RUNCAST_MAX_VIEWERS="1000000",
+    )
     gateway.args += ["--backlog", str(backlog)]
     return gateway.start(timeout=30)
 

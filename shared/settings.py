@@ -72,8 +72,8 @@ class Settings(BaseSettings):
     redis_retry_s: float = Field(
         30.0, gt=0, description="how long a live stream or a worker append retries a lost Redis before giving up"
     )
-    max_viewers_per_run: int = Field(1_000, ge=1, description="open SSE/WebSocket viewers of one run, per gateway")
-    max_viewers: int = Field(10_000, ge=1, description="open SSE/WebSocket viewers per gateway process")
+    max_viewers_per_run: int = Field(10_000, ge=1, description="open SSE/WebSocket viewers of one run, per gateway")
+    max_viewers: int = Field(20_000, ge=1, description="open SSE/WebSocket viewers per gateway process")
     create_rate_limit: int = Field(600, ge=0, description="runs one API key may create per window (0 = no limit)")
     create_rate_window_s: int = Field(60, ge=1, description="the create-rate window, in seconds")
     max_body_bytes: int = Field(
