@@ -271,6 +271,7 @@ class Hub:
                 partial(self._reader_connection, group),
                 self.redis if self._cluster is None else self._cluster.control_for_slot(group),  # type: ignore[arg-type]
                 self._on_entries,
+                on_recovered=self._on_recovered,
                 block_ms=self.block_ms,
                 fallback_block_ms=self.fallback_block_ms,
             )
@@ -291,6 +292,15 @@ class Hub:
         if self._cluster is not None:  # on the slot's current primary; a reconnect re-reads the slot map first
             return self._cluster.connection_for_slot(group, **overrides)  # type: ignore[arg-type]
         return self._conn_class(**{**self._conn_kwargs, **overrides})
+
+    async def _on_recovered(self, runs: list[RunFeed]) -> None:
+        """After the reader lost Redis: entries trimmed after a run's cursor meanwhile would be skipped silently by
+        XREAD, so check each run that has news and send its viewers through catch-up (then `reset`) on a gap."""
+        for run in runs:
+            reset = await self.log.check_gap(run.run_id, run.cursor)
+            if reset is not None:
+                log.warning("run %s: entries after %s were trimmed while Redis was unreachable", run.run_id, run.cursor)
+                run.restart_after_gap(reset.first_available)
 
     def _on_entries(self, run: RunFeed, entries: list[Entry]) -> None:
         run.publish(entries)

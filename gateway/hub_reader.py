@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -50,6 +50,7 @@ class StreamReader:
         control: Redis,
         on_entries: Callable[[RunFeed, list[Entry]], None],
         *,
+        on_recovered: Callable[[list[RunFeed]], Awaitable[None]] | None = None,
         block_ms: int = 10_000,
         fallback_block_ms: int = 100,
         count: int = 512,
@@ -58,6 +59,7 @@ class StreamReader:
         self._connect = connect
         self._control = control
         self._on_entries = on_entries
+        self._on_recovered = on_recovered
         self.block_ms = block_ms
         self.fallback_block_ms = fallback_block_ms
         self.count = count
@@ -147,6 +149,7 @@ class StreamReader:
 
     async def _run(self) -> None:
         backoff = Backoff(None, cap_s=2.0)  # the reader never gives up: viewers wait, then resume exactly
+        recovering = False
         try:
             while not self._retired:
                 if not self.runs:
@@ -155,8 +158,13 @@ class StreamReader:
                     continue
                 try:
                     reply = await self._xread()
+                    if recovering and self._on_recovered is not None:
+                        # What the log trimmed while we could not read is not in this reply: let the hub check.
+                        await self._on_recovered([run for key, _ in reply if (run := self.runs.get(key)) is not None])
+                    recovering = False
                 except (RedisError, *TRANSIENT_ERRORS) as exc:
                     metrics.READER_ERRORS.inc()
+                    recovering = True
                     delay = backoff.next_delay()
                     log.warning("hub reader %s: Redis error (%r); reconnecting in %.2fs", self.group, exc, delay)
                     await self._drop_connection()

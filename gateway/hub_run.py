@@ -85,6 +85,18 @@ class RunFeed:
             del self.history[:excess]
             del self._history_keys[:excess]
 
+    def restart_after_gap(self, first_kept: str) -> None:
+        """The log trimmed entries after `cursor` that the reader never saw (a long outage). Memory can no longer
+        serve anything before `first_kept`, and attached subscribers must not be fed across the gap: detach them, so
+        each catches up from Redis from its own last id, where the gap check sends it a `reset` first."""
+        self.history.clear()
+        self._history_keys.clear()
+        self.floor = first_kept
+        for subscriber in self.subscribers:
+            subscriber.attached = False
+            subscriber.lagging = True
+            subscriber.wake()
+
     def expire(self) -> None:
         """The run's keys are gone: nothing more will come; let every subscriber finish."""
         self.expired = True

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from gateway.hub import Hub, retrying
@@ -216,6 +218,39 @@ async def test_a_catch_up_point_trimmed_meanwhile_gets_a_reset_then_the_rest(
     assert reset.first_available == kept[0]
     assert reset.requested == (before[-1].id if before else first_id)
     assert ids(before) == middle[: len(before)]  # what it had before falling behind, without a gap
+
+
+async def test_entries_trimmed_while_the_reader_was_cut_off_give_live_viewers_a_reset_not_a_silent_gap(
+    make_hub: HubFactory, log: StreamLog, redis: Redis
+):
+    hub = make_hub(history_size=2048)
+    run_id = await new_run(log)
+    seen = await publish(log, run_id, 3, end=False)
+    viewer = hub.subscribe(run_id, START_ID)
+    assert ids(await anext(viewer)) == seen
+    (reader,) = hub.readers.values()
+    await eventually(lambda: reader.client_id is not None, what="the reader to connect")
+    errors = hub_metric("runcast_hub_reader_errors_total")
+
+    def redis_unreachable() -> Any:
+        raise RedisConnectionError("Redis is unreachable (test)")
+
+    connect, reader._connect = reader._connect, redis_unreachable  # the outage: no new connection works
+    await redis.client_kill_filter(_id=reader.client_id)  # ...and the current one dies
+    await eventually(lambda: hub_metric("runcast_hub_reader_errors_total") > errors, what="the reader to lose Redis")
+    missed = await publish(log, run_id, 50, end=False)
+    await redis.xtrim(events_key(run_id), maxlen=10, approximate=False)  # the log moves past the reader's cursor
+    final = await publish(log, run_id, 0)
+    kept = missed[-10:] + final
+    reader._connect = connect  # Redis is back
+
+    received: list[Entry | Reset] = []
+    async for batch in viewer:
+        received.extend([batch] if isinstance(batch, Reset) else batch)
+    assert isinstance(received[0], Reset), "the viewer must be told it missed entries"
+    assert (received[0].requested, received[0].first_available) == (seen[-1], kept[0])
+    assert ids([entry for entry in received[1:] if isinstance(entry, Entry)]) == kept
+    assert len(received) == 1 + len(kept)
 
 
 # -- the reader: woken on key set changes, one connection, stops with its last run ----------------------------------
