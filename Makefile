@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --cycles 1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
