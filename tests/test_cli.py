@@ -28,6 +28,7 @@ from shared.streaming import (
 )
 from shared.streamlog import StreamLog
 from shared.tokens import issue_token
+from tests.support.hub import eventually
 from tests.support.ports import free_port
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.proxy import SeveringProxy
@@ -102,25 +103,40 @@ async def test_tail_replays_a_finished_run_and_from_an_event_id_gives_exactly_th
 async def test_tail_resumes_after_the_connection_is_cut_with_no_gap_or_duplicate(
     deployment: str, http: httpx.AsyncClient
 ):
-    run = await create_run(http, deployment, "echo", LONG)
+    run = await create_run(http, deployment, "echo", " ".join(f"w{i}" for i in range(300)))  # ~6 s at 20 ms a token
     async with SeveringProxy(httpx.URL(deployment).port) as proxy:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runcast.cli", "tail", run["run_id"], "--token", run["token"], "--url", proxy.url,
             "--json", env=cli_env(), stdout=-1, stderr=-1, stdin=-3,
         )  # fmt: skip
         assert proc.stdout is not None and proc.stderr is not None
-        printed = []
-        async with asyncio.timeout(60):
+        printed: list[dict] = []
+
+        async def read_lines() -> None:
+            assert proc.stdout is not None
             while line := await proc.stdout.readline():
                 printed.append(json.loads(line))
-                if len(printed) in (3, 12):  # early, so the run is surely still streaming
-                    proxy.sever()
+
+        reader = asyncio.create_task(read_lines())
+        async with asyncio.timeout(60):
+            for cut in range(2):  # cut each connection once it is streaming, while the run is surely still going
+                seen = len(printed)
+                await eventually(
+                    lambda cut=cut, seen=seen: len(proxy.requests) == cut + 1 and len(printed) >= seen + 3,
+                    within_s=20,
+                    what=f"connection {cut + 1} to stream",
+                )
+                status = (await http.get(run["status_url"], params={"token": run["token"]})).json()["status"]
+                assert status == "running", "the cut must land mid-run"
+                proxy.sever()
+            await reader
             err = (await proc.stderr.read()).decode()
             code = await proc.wait()
     whole = await read_sse(http, deployment, run["run_id"], run["token"])
     assert code == 0, err
     assert [(p["id"], p["event"]) for p in printed] == [(e.id, e.data) for e in whole]
     assert err.count("connection lost") == 2, err
+    assert len(proxy.requests) == 3
 
 
 async def test_tail_of_a_run_ended_with_an_error_event_prints_it_and_exits_1(
