@@ -237,14 +237,9 @@ class Hub:
         tail = to_entries(await self.redis.xrevrange(run.key, count=max(self.history_size, 1)))[::-1]
         if not tail:
             return START_ID, tail
-        if len(tail) < self.history_size and not await self._trimmed(run):
+        if len(tail) < self.history_size and not await self.log.was_trimmed(run.run_id):
             return START_ID, tail  # the whole stream is in memory
         return tail[0].id, tail[1:]
-
-    async def _trimmed(self, run: RunFeed) -> bool:
-        info = await self.redis.xinfo_stream(run.key)
-        added = info.get("entries-added")
-        return added is not None and int(added) > int(info["length"])
 
     def _leave(self, run: RunFeed) -> None:
         run.refs -= 1

@@ -173,11 +173,12 @@ class StreamLog:
         first_id = first[0][0]
         if entry_key(after_id) >= entry_key(first_id):
             return None
-        if after_id == START_ID and not await self._was_trimmed(run_id):
+        if after_id == START_ID and not await self.was_trimmed(run_id):
             return None
         return Reset(requested=after_id, first_available=first_id)
 
-    async def _was_trimmed(self, run_id: str) -> bool:
+    async def was_trimmed(self, run_id: str) -> bool:
+        """Whether any entry of the run was ever trimmed away (XINFO STREAM: entries-added > length)."""
         info = await self.redis.xinfo_stream(events_key(run_id))
         added = info.get("entries-added")
         if added is None:  # Redis < 7 or a fake without it: the first id is all we know
