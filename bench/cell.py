@@ -27,8 +27,8 @@ from bench.histogram import Histogram
 from bench.loadgen import load_main
 from bench.procs import command_delta, cpu_s, host_busy_s, redis_snapshot, rss_kib, start_gateway
 from bench.publisher import PhaseResult, Publisher
-from shared.redis_client import redis_from_url
-from shared.tokens import issue_token
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess
 
 HOST = "127.0.0.1"

@@ -16,10 +16,10 @@ import time
 
 from redis.asyncio import Redis
 
-from shared.cluster import GroupReader, group_by_slot, readers_for
-from shared.ids import new_run_id
-from shared.keys import events_key
-from shared.redis_client import cluster_from_url, redis_from_url
+from runcast.shared.cluster import GroupReader, group_by_slot, readers_for
+from runcast.shared.ids import new_run_id
+from runcast.shared.keys import events_key
+from runcast.shared.redis_client import cluster_from_url, redis_from_url
 from tests.support.redis_cluster import LocalCluster
 from tests.support.redis_server import RedisServer
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from redis.asyncio import Redis
 
-from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
-from shared.streamlog import StreamLog
+from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.shared.streamlog import StreamLog
 
 NO_TRIM = 100_000_000
 """The publisher's MAXLEN: a benchmark run must never be trimmed (a lagging viewer would see a reset)."""

@@ -1,4 +1,5 @@
-"""The gateway's FastAPI app. `gateway.app:app` works under plain uvicorn; `create_app` is for tests and the demo."""
+"""The gateway's FastAPI app. `runcast.gateway.app:app` works under plain uvicorn; `create_app` is for tests and
+the demo."""
 
 from __future__ import annotations
 
@@ -17,16 +18,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gateway import routes_events, routes_runs
-from gateway.feed import DirectFeed, EventFeed
-from gateway.hub import Hub
-from gateway.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
-from gateway.redact import install_token_redaction
-from gateway.state import GatewayState, get_state
-from gateway.sweeper import LostRunSweeper
-from shared.redis_client import stream_redis
-from shared.settings import Settings, get_settings
-from shared.streamlog import StreamLog
+from runcast.gateway.guards.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
+from runcast.gateway.guards.redact import install_token_redaction
+from runcast.gateway.hub.fanout import Hub
+from runcast.gateway.hub.feed import DirectFeed, EventFeed
+from runcast.gateway.routes import events, runs
+from runcast.gateway.state import GatewayState, get_state
+from runcast.gateway.sweeper import LostRunSweeper
+from runcast.shared.redis_client import stream_redis
+from runcast.shared.settings import Settings, get_settings
+from runcast.shared.streamlog import StreamLog
 
 STATIC_DIR = Path(__file__).parent / "static"
 FeedFactory = Callable[[StreamLog], EventFeed]
@@ -77,8 +78,8 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.include_router(routes_runs.router)
-    app.include_router(routes_events.router)
+    app.include_router(runs.router)
+    app.include_router(events.router)
     install_guards(app, settings)
 
     @app.get("/healthz", tags=["ops"])

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from shared.streamlog import Entry
+from runcast.shared.streamlog import Entry
 
 SUBSCRIBERS = Gauge("runcast_hub_subscribers", "Subscribers (SSE and WebSocket viewers) currently attached to the hub")
 READERS = Gauge("runcast_hub_readers", "Live multiplexed XREAD reader tasks (one per reader group)")

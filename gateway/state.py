@@ -8,9 +8,9 @@ from arq.connections import ArqRedis
 from fastapi import Request
 from redis.asyncio import Redis
 
-from gateway.feed import EventFeed
-from shared.settings import Settings
-from shared.streamlog import StreamLog
+from runcast.gateway.hub.feed import EventFeed
+from runcast.shared.settings import Settings
+from runcast.shared.streamlog import StreamLog
 
 
 @dataclass

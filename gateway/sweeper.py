@@ -1,7 +1,8 @@
 """End runs whose worker is gone: a periodic sweep over the running-runs index, in every gateway.
 
 A worker keeps `heartbeat_key(run_id)` alive (short TTL) while it runs the agent and lists the run in `RUNNING_KEY`
-(see `worker.heartbeat`). A listed run whose heartbeat key has expired has lost its worker (SIGKILL, OOM, host gone,
+(see `runcast.worker.heartbeat`).
+A listed run whose heartbeat key has expired has lost its worker (SIGKILL, OOM, host gone,
 or cut off from Redis for longer than RUNCAST_WORKER_LOST_S): the sweeper ends it with ERROR `worker_lost` (status
 `failed`) through `StreamLog.end_run`, whose check-and-append is one Lua script, so when several gateways sweep at
 once the run still ends exactly once. Viewers blocked on the run then receive that terminal event and finish.
@@ -17,9 +18,9 @@ import logging
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from shared.keys import heartbeat_key
-from shared.resilience import RUNNING_KEY
-from shared.streamlog import StreamLog, UnknownRun
+from runcast.shared.keys import heartbeat_key
+from runcast.shared.resilience import RUNNING_KEY
+from runcast.shared.streamlog import StreamLog, UnknownRun
 
 log = logging.getLogger("runcast.gateway.sweeper")
 

@@ -1,1 +1,130 @@
-"""runcast's composition root: the `runcast` console script, which wires gateway and worker together."""
+"""runcast: durable, resumable streaming of AI agent runs.
+
+What an application imports comes from here::
+
+    from runcast import Client, AsyncClient          # talk to a gateway (sync / async)
+    from runcast import Agent, Tool, ModelSettings   # define agents a runcast worker runs
+    from runcast import StreamingEvent, StreamingEventType, StreamingBuffer
+
+The parts live in sub-packages: `runcast.shared` (event model, Redis layout, stream log, settings, clients),
+`runcast.worker` (arq worker, agent runtime, model providers), `runcast.gateway` (FastAPI app, fan-out hub).
+Names are imported lazily, so `import runcast` is cheap and importing the gateway never loads the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # clients
+    "Client": "runcast.shared.sync_client",
+    "AsyncClient": "runcast.shared.client",
+    "RunHandle": "runcast.shared.client",
+    "StreamItem": "runcast.shared.client",
+    "ResetEvent": "runcast.shared.client",
+    "RuncastError": "runcast.shared.client",
+    "BadRequest": "runcast.shared.client",
+    "AuthenticationError": "runcast.shared.client",
+    "PermissionDenied": "runcast.shared.client",
+    "RunNotFound": "runcast.shared.client",
+    "ConflictError": "runcast.shared.client",
+    "GatewayUnavailable": "runcast.shared.client",
+    # the event model (seed-compatible)
+    "StreamingEvent": "runcast.shared.streaming",
+    "StreamingEventType": "runcast.shared.streaming",
+    "StreamingChunk": "runcast.shared.streaming",
+    "StreamingToolCall": "runcast.shared.streaming",
+    "StreamingToolResult": "runcast.shared.streaming",
+    "StreamingMetadata": "runcast.shared.streaming",
+    "StreamingError": "runcast.shared.streaming",
+    "StreamingBuffer": "runcast.shared.streaming",
+    "StreamingCollector": "runcast.shared.streaming",
+    "StreamConfig": "runcast.shared.streaming",
+    # agents
+    "Agent": "runcast.worker.agents",
+    "Tool": "runcast.worker.agents",
+    "ModelSettings": "runcast.worker.agents",
+    "run_streaming": "runcast.worker.streaming",
+    "StreamingAgent": "runcast.worker.streaming",
+    "RunState": "runcast.worker.streaming",
+    "RunConfig": "runcast.worker.streaming",
+}
+
+__all__ = [
+    "Agent",
+    "AsyncClient",
+    "AuthenticationError",
+    "BadRequest",
+    "Client",
+    "ConflictError",
+    "GatewayUnavailable",
+    "ModelSettings",
+    "PermissionDenied",
+    "ResetEvent",
+    "RunConfig",
+    "RunHandle",
+    "RunNotFound",
+    "RunState",
+    "RuncastError",
+    "StreamConfig",
+    "StreamItem",
+    "StreamingAgent",
+    "StreamingBuffer",
+    "StreamingChunk",
+    "StreamingCollector",
+    "StreamingError",
+    "StreamingEvent",
+    "StreamingEventType",
+    "StreamingMetadata",
+    "StreamingToolCall",
+    "StreamingToolResult",
+    "Tool",
+    "run_streaming",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'runcast' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
+    from runcast.shared.client import (
+        AsyncClient,
+        AuthenticationError,
+        BadRequest,
+        ConflictError,
+        GatewayUnavailable,
+        PermissionDenied,
+        ResetEvent,
+        RuncastError,
+        RunHandle,
+        RunNotFound,
+        StreamItem,
+    )
+    from runcast.shared.streaming import (
+        StreamConfig,
+        StreamingBuffer,
+        StreamingChunk,
+        StreamingCollector,
+        StreamingError,
+        StreamingEvent,
+        StreamingEventType,
+        StreamingMetadata,
+        StreamingToolCall,
+        StreamingToolResult,
+    )
+    from runcast.shared.sync_client import Client
+    from runcast.worker.agents import Agent, ModelSettings, Tool
+    from runcast.worker.streaming import RunConfig, RunState, StreamingAgent, run_streaming

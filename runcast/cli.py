@@ -22,7 +22,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_gateway(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from shared.settings import get_settings
+    from runcast.shared.settings import get_settings
 
     settings = get_settings()
     if settings.secret is None or not settings.secret.get_secret_value():
@@ -32,7 +32,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         )
         return 2
     uvicorn.run(
-        "gateway.app:app",
+        "runcast.gateway.app:app",
         host=args.host,
         port=args.port,
         workers=args.workers,
@@ -53,8 +53,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     from arq.logs import default_log_config
 
-    from worker.resilient import run_resilient_worker
-    from worker.settings import WorkerSettings
+    from runcast.worker.resilient import run_resilient_worker
+    from runcast.worker.settings import WorkerSettings
 
     logging.config.dictConfig(default_log_config(verbose=False))
     run_resilient_worker(WorkerSettings)  # arq's Worker, plus a poll loop that outlives a Redis restart

@@ -12,11 +12,11 @@ from arq.worker import Worker
 from fastapi import FastAPI
 from redis.asyncio import ConnectionPool, Redis
 
-from gateway.app import create_app
-from shared.redis_client import redis_from_url, stream_redis
-from shared.settings import Settings
-from worker.job import run_agent
-from worker.settings import build_state
+from runcast.gateway.app import create_app
+from runcast.shared.redis_client import redis_from_url, stream_redis
+from runcast.shared.settings import Settings
+from runcast.worker.job import run_agent
+from runcast.worker.settings import build_state
 
 
 def fake_clients() -> tuple[Redis, ArqRedis]:

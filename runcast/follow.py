@@ -11,8 +11,7 @@ import sys
 import time
 from typing import TextIO
 
-from runcast.terminal import Progress, RunView, final_status, make_view
-from shared.client import (
+from runcast.shared.client import (
     AuthenticationError,
     BadRequest,
     GatewayUnavailable,
@@ -22,7 +21,8 @@ from shared.client import (
     RunHandle,
     RunNotFound,
 )
-from shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
+from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
+from runcast.terminal import Progress, RunView, final_status, make_view
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -1,6 +1,6 @@
 """Terminal views of a run for `runcast run` / `runcast tail`: a live rich view on a TTY, plain lines otherwise.
 
-Both views take the same `StreamItem`s from `shared.client`. The plain view writes streamed text as it arrives and
+Both views take the same `StreamItem`s from the client. The plain view writes streamed text as it arrives and
 one bracketed line per structural event (`[tool_call] ...`), so pipes and tests get stable, greppable output. The
 live view prints finished parts (text lines, tool cards, agent switches) permanently and keeps only the part still
 changing, plus a status line, in a rich `Live` region.
@@ -20,7 +20,7 @@ from rich.rule import Rule
 from rich.segment import Segment
 from rich.text import Text
 
-from shared.client import ResetEvent, StreamItem
+from runcast.shared.client import ResetEvent, StreamItem
 
 STATUS_OF_TERMINAL = {"complete": "completed", "cancelled": "cancelled", "error": "failed"}
 

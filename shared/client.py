@@ -1,7 +1,7 @@
-"""An async Python client for a runcast gateway (SPEC §8): create runs, tail them with automatic resume, read results.
+"""The async Python client for a runcast gateway (SPEC §8): create runs, tail them with automatic resume, read results.
 
 ```python
-async with RuncastClient("http://127.0.0.1:8000") as client:
+async with AsyncClient("http://127.0.0.1:8000") as client:
     run = await client.create_run("echo", "Hello")
     async for item in client.stream(run.run_id, run.token):
         print(item.id, item.type, item.event)
@@ -26,10 +26,11 @@ from typing import Any, NamedTuple, Self
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from shared.ids import entry_key
-from shared.streaming import StreamingEvent
+from runcast.shared.ids import entry_key
+from runcast.shared.streaming import StreamingEvent
 
 __all__ = [
+    "AsyncClient",
     "AuthenticationError",
     "BadRequest",
     "ConflictError",
@@ -170,7 +171,7 @@ class RunStream:
 
     def __init__(
         self,
-        client: RuncastClient,
+        client: AsyncClient,
         run_id: str,
         token: str,
         last_event_id: str | None = None,
@@ -278,7 +279,7 @@ class RunStream:
         return StreamItem(sse.id, StreamingEvent.from_json(sse.data))
 
 
-class RuncastClient:
+class AsyncClient:
     """Async client for one gateway (or a load balancer in front of several; any gateway can resume any run).
 
     `api_key` is sent as `Authorization: Bearer` when creating and cancelling runs (RUNCAST_API_KEYS).
@@ -359,3 +360,7 @@ class RuncastClient:
         params = {"token": token} if token else None
         response = await self._request("POST", f"/v1/runs/{run_id}/cancel", headers=self._key_headers(), params=params)
         return response.json() if response.content else {}
+
+
+RuncastClient = AsyncClient
+"""The name this client had before `runcast.AsyncClient`; kept for existing code."""

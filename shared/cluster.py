@@ -26,8 +26,8 @@ from redis.asyncio.connection import AbstractConnection
 from redis.crc import key_slot
 from redis.exceptions import AskError, ConnectionError, MovedError, TimeoutError, TryAgainError
 
-from shared.keys import events_key, run_id_from_events_key
-from shared.streamlog import Entry, to_entries
+from runcast.shared.keys import events_key, run_id_from_events_key
+from runcast.shared.streamlog import Entry, to_entries
 
 Reply = dict[str, list[Entry]]
 """run_id -> the entries read for it (runs with nothing new are absent)."""

@@ -10,7 +10,7 @@ from typing import TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
 
-from shared.settings import Settings
+from runcast.shared.settings import Settings
 
 AnyRedis: TypeAlias = Redis | RedisCluster
 """A stream-log client: a plain Redis or a Redis Cluster; runcast only sends single-slot commands through it."""

@@ -19,7 +19,7 @@ from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared.keys import PREFIX
+from runcast.shared.keys import PREFIX
 
 RUNNING_KEY = f"{PREFIX}:running"
 

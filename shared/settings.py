@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from shared.streaming import StreamConfig
+from runcast.shared.streaming import StreamConfig
 
 
 class Settings(BaseSettings):
@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     stream_maxlen: int = Field(10_000, ge=1)
     retention_s: int = Field(86_400, ge=1)
-    agents: str = "worker.agents:default_registry"
+    agents: str = "runcast.worker.agents:default_registry"
     model_provider: Literal["scripted", "openai"] = "scripted"
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: SecretStr | None = None

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from shared.keys import events_key
+from runcast.shared.keys import events_key
 
 
 class StreamingEventType(str, Enum):

@@ -10,9 +10,9 @@ from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 
-from shared.ids import START_ID, entry_key
-from shared.keys import events_key, meta_key
-from shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEvent, StreamingEventType
+from runcast.shared.ids import START_ID, entry_key
+from runcast.shared.keys import events_key, meta_key
+from runcast.shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEvent, StreamingEventType
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))

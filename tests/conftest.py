@@ -10,8 +10,8 @@ import httpx
 import pytest
 from redis.asyncio import Redis, RedisCluster
 
-from shared.redis_client import cluster_from_url, redis_from_url
-from shared.streamlog import StreamLog
+from runcast.shared.redis_client import cluster_from_url, redis_from_url
+from runcast.shared.streamlog import StreamLog
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available

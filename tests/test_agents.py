@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import pytest
 from pydantic import BaseModel
 
+from runcast.worker.agents import Agent, ModelSettings, Tool, calculator, default_registry, load_registry
+from runcast.worker.providers.base import TextDelta
+from runcast.worker.providers.scripted import ScriptedProvider
 from tests.support.runs import run_job, worker_state
-from worker.agents import Agent, ModelSettings, Tool, calculator, default_registry, load_registry
-from worker.providers.base import TextDelta
-from worker.providers.scripted import ScriptedProvider
 
 
 def joined_deltas(run) -> str:
@@ -141,11 +141,11 @@ async def test_echo_streams_its_input_back_exactly(real_redis_url: str):
 
 
 def test_load_registry_refuses_handoffs_to_agents_it_does_not_have():
-    assert set(load_registry("worker.agents:default_registry")) == {"echo", "demo", "triage"}
+    assert set(load_registry("runcast.worker.agents:default_registry")) == {"echo", "demo", "triage"}
     with pytest.raises(ValueError, match="unknown agents: ghost"):
         load_registry("tests.test_agents:BROKEN_REGISTRY")
     with pytest.raises(ValueError, match="module:attr"):
-        load_registry("worker.agents")
+        load_registry("runcast.worker.agents")
 
 
 BROKEN_REGISTRY = {"a": Agent("a", handoffs=("ghost",)), **default_registry}

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.calculator import CalculatorError, evaluate, find_expression
+from runcast.worker.calculator import CalculatorError, evaluate, find_expression
 
 
 @pytest.mark.parametrize(

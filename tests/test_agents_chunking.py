@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from shared.streaming import StreamConfig, StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.shared.streaming import StreamConfig, StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.worker.agents import Agent
+from runcast.worker.providers.scripted import ScriptedProvider, split_tokens
+from runcast.worker.publisher import Coalescer
 from tests.support.runs import run_job, worker_state
-from worker.agents import Agent
-from worker.providers.scripted import ScriptedProvider, split_tokens
-from worker.publisher import Coalescer
 
 TEXT = (
     "Streaming is great. It keeps viewers engaged while the model thinks! "
@@ -107,7 +107,7 @@ def test_bad_chunking_specs_are_refused(spec: str):
 def test_chunking_settings_are_validated_at_startup():
     from pydantic import ValidationError
 
-    from shared.settings import Settings
+    from runcast.shared.settings import Settings
 
     assert Settings(chunking="size:32", chunk_max_delay_ms=50).stream_config() == StreamConfig(32, max_delay_ms=50)
     with pytest.raises(ValidationError):

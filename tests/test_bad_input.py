@@ -10,8 +10,8 @@ import httpx
 import pytest
 import websockets
 
-from shared.ids import new_run_id
-from shared.tokens import issue_token
+from runcast.shared.ids import new_run_id
+from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.sse import create_run
 from tests.support.stack import running_stack

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from shared.ids import new_run_id
-from shared.keys import events_key
-from shared.redis_client import redis_from_url
-from shared.streaming import (
+from runcast.shared.ids import new_run_id
+from runcast.shared.keys import events_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streaming import (
     StreamingChunk,
     StreamingError,
     StreamingEvent,
@@ -26,8 +26,8 @@ from shared.streaming import (
     StreamingToolCall,
     StreamingToolResult,
 )
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

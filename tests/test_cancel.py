@@ -14,15 +14,15 @@ from arq.connections import ArqRedis
 from arq.jobs import Job
 from httpx_sse import aconnect_sse
 
-from shared.ids import new_run_id
-from shared.streaming import StreamingEvent
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.shared.ids import new_run_id
+from runcast.shared.streaming import StreamingEvent
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
+from runcast.worker.agents import Agent, CalculatorArgs, Tool, default_registry
 from tests.support.processes import TEST_SECRET
 from tests.support.runs import start_job, wait_for_entry, worker_state
 from tests.support.sse import create_run, dispatched, read_sse
 from tests.support.stack import Stack, running_stack
-from worker.agents import Agent, CalculatorArgs, Tool, default_registry
 
 TOOL_LOG: dict[str, float] = {}
 
@@ -202,7 +202,7 @@ async def test_with_api_keys_set_cancel_needs_a_key(real_redis_url: str, http: h
 
 async def test_when_arq_cancels_the_job_the_run_ends_with_worker_shutdown(real_redis_url: str):
     async with worker_state(real_redis_url) as state:
-        from worker.providers.scripted import ScriptedProvider
+        from runcast.worker.providers.scripted import ScriptedProvider
 
         state.provider = ScriptedProvider(delay_ms=200)
         run_id, job = await start_job(state, "echo", "a b c d e f g h")

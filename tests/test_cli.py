@@ -14,10 +14,9 @@ import httpx
 import pytest
 from rich.console import Console
 
-from runcast.terminal import LiveView, PlainView, Progress
-from shared.client import ResetEvent, StreamItem
-from shared.redis_client import redis_from_url
-from shared.streaming import (
+from runcast.shared.client import ResetEvent, StreamItem
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streaming import (
     StreamingChunk,
     StreamingError,
     StreamingEvent,
@@ -26,8 +25,9 @@ from shared.streaming import (
     StreamingToolCall,
     StreamingToolResult,
 )
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
+from runcast.terminal import LiveView, PlainView, Progress
 from tests.support.hub import eventually
 from tests.support.ports import free_port
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess

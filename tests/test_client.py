@@ -1,5 +1,5 @@
-"""The Python client (`shared.client`): streams a run, resumes by itself across server-side disconnects and outages,
-surfaces resets, and raises a typed error for every refusal (in-process gateway + worker on the real Redis)."""
+"""The Python client (`runcast.AsyncClient`): streams a run, resumes by itself across server-side disconnects and
+outages, surfaces resets, and raises a typed error for every refusal (in-process gateway + worker on the real Redis)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,21 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from shared.client import (
+from runcast.shared.client import (
+    AsyncClient,
     AuthenticationError,
     BadRequest,
     ConflictError,
     GatewayUnavailable,
     PermissionDenied,
     ResetEvent,
-    RuncastClient,
     RunNotFound,
     StreamItem,
 )
-from shared.ids import new_run_id
-from shared.keys import events_key
-from shared.streaming import StreamingEvent
-from shared.tokens import issue_token
+from runcast.shared.ids import new_run_id
+from runcast.shared.keys import events_key
+from runcast.shared.streaming import StreamingEvent
+from runcast.shared.tokens import issue_token
 from tests.support.ports import free_port
 from tests.support.processes import TEST_SECRET
 from tests.support.proxy import SeveringProxy
@@ -41,8 +41,8 @@ async def slow_stack(redis_url: str | None) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture
-async def client(slow_stack: Stack) -> AsyncIterator[RuncastClient]:
-    async with RuncastClient(slow_stack.url) as runcast:
+async def client(slow_stack: Stack) -> AsyncIterator[AsyncClient]:
+    async with AsyncClient(slow_stack.url) as runcast:
         yield runcast
 
 
@@ -51,7 +51,7 @@ def as_tuples(items: list[StreamItem]) -> list[tuple[str | None, str, dict]]:
 
 
 async def test_stream_delivers_every_event_once_in_order_and_stops_after_the_terminal_event(
-    client: RuncastClient, http: httpx.AsyncClient, slow_stack: Stack
+    client: AsyncClient, http: httpx.AsyncClient, slow_stack: Stack
 ):
     run = await client.create_run("echo", TEXT, metadata={"purpose": "test"})
     stream = client.stream(run.run_id, run.token)
@@ -70,11 +70,11 @@ async def test_stream_delivers_every_event_once_in_order_and_stops_after_the_ter
 
 
 async def test_stream_resumes_after_the_server_cuts_the_connection_with_no_gap_or_duplicate(
-    client: RuncastClient, http: httpx.AsyncClient, slow_stack: Stack
+    client: AsyncClient, http: httpx.AsyncClient, slow_stack: Stack
 ):
     run = await client.create_run("echo", TEXT)
     cut_after = {3, 9, 15}
-    async with SeveringProxy(httpx.URL(slow_stack.url).port) as proxy, RuncastClient(proxy.url) as via_proxy:
+    async with SeveringProxy(httpx.URL(slow_stack.url).port) as proxy, AsyncClient(proxy.url) as via_proxy:
         stream = via_proxy.stream(run.run_id, run.token)
         items: list[StreamItem] = []
         ids_at_cut: list[str] = []
@@ -99,10 +99,10 @@ async def test_stream_resumes_after_the_server_cuts_the_connection_with_no_gap_o
 
 
 async def test_stream_waits_out_a_gateway_outage_and_resumes(
-    client: RuncastClient, http: httpx.AsyncClient, slow_stack: Stack
+    client: AsyncClient, http: httpx.AsyncClient, slow_stack: Stack
 ):
     run = await client.create_run("echo", TEXT)
-    async with SeveringProxy(httpx.URL(slow_stack.url).port) as proxy, RuncastClient(proxy.url) as via_proxy:
+    async with SeveringProxy(httpx.URL(slow_stack.url).port) as proxy, AsyncClient(proxy.url) as via_proxy:
         stream = via_proxy.stream(run.run_id, run.token, backoff_s=0.05, max_backoff_s=0.2)
         items: list[StreamItem] = []
         async for item in stream:
@@ -118,7 +118,7 @@ async def test_stream_waits_out_a_gateway_outage_and_resumes(
 
 
 async def test_stream_gives_up_with_gateway_unavailable_after_bounded_retries():
-    async with RuncastClient(f"http://127.0.0.1:{free_port()}") as nowhere:
+    async with AsyncClient(f"http://127.0.0.1:{free_port()}") as nowhere:
         stream = nowhere.stream(new_run_id(), "token", max_retries=3, backoff_s=0.01)
         with pytest.raises(GatewayUnavailable, match="gave up after 4 failed attempts"):
             async for _ in stream:
@@ -126,7 +126,7 @@ async def test_stream_gives_up_with_gateway_unavailable_after_bounded_retries():
     assert stream.connections == 4
 
 
-async def test_stream_from_a_last_event_id_gives_exactly_the_rest(client: RuncastClient):
+async def test_stream_from_a_last_event_id_gives_exactly_the_rest(client: AsyncClient):
     run = await client.create_run("echo", "one two three four five")
     whole = [item async for item in client.stream(run.run_id, run.token)]
     for k in range(len(whole)):
@@ -134,7 +134,7 @@ async def test_stream_from_a_last_event_id_gives_exactly_the_rest(client: Runcas
         assert whole[: k + 1] + rest == whole
 
 
-async def test_stream_surfaces_a_reset_when_the_resume_point_was_trimmed(client: RuncastClient, slow_stack: Stack):
+async def test_stream_surfaces_a_reset_when_the_resume_point_was_trimmed(client: AsyncClient, slow_stack: Stack):
     run = await client.create_run("echo", "a b c d e f g h")
     whole = [item async for item in client.stream(run.run_id, run.token)]
     await slow_stack.redis.xtrim(events_key(run.run_id), maxlen=3, approximate=False)
@@ -146,7 +146,7 @@ async def test_stream_surfaces_a_reset_when_the_resume_point_was_trimmed(client:
     assert items[1:] == whole[-3:]
 
 
-async def test_refusals_raise_typed_errors_without_retrying(client: RuncastClient):
+async def test_refusals_raise_typed_errors_without_retrying(client: AsyncClient):
     run = await client.create_run("echo", "x y")
     other = await client.create_run("echo", "z")
 
@@ -169,7 +169,7 @@ async def test_refusals_raise_typed_errors_without_retrying(client: RuncastClien
     assert too_big.value.status_code == 413
 
 
-async def test_result_of_a_live_run_is_a_conflict(client: RuncastClient):
+async def test_result_of_a_live_run_is_a_conflict(client: AsyncClient):
     run = await client.create_run("echo", TEXT)
     async for item in client.stream(run.run_id, run.token):
         if item.type == "chunk":
@@ -180,10 +180,10 @@ async def test_result_of_a_live_run_is_a_conflict(client: RuncastClient):
 
 async def test_api_key_is_sent_when_creating_runs(redis_url: str | None):
     async with running_stack(redis_url, api_keys=["k-123"]) as keyed:
-        async with RuncastClient(keyed.url) as anonymous:
+        async with AsyncClient(keyed.url) as anonymous:
             with pytest.raises(AuthenticationError, match="API key"):
                 await anonymous.create_run("echo", "hi")
-        async with RuncastClient(keyed.url, api_key="k-123") as client:
+        async with AsyncClient(keyed.url, api_key="k-123") as client:
             run = await client.create_run("echo", "hi there")
             items = [item async for item in client.stream(run.run_id, run.token)]
     assert items[-1].type == "complete"
@@ -191,4 +191,4 @@ async def test_api_key_is_sent_when_creating_runs(redis_url: str | None):
 
 def test_a_url_that_is_not_http_is_refused_up_front():
     with pytest.raises(BadRequest, match="http://host:port"):
-        RuncastClient("127.0.0.1:8000")
+        AsyncClient("127.0.0.1:8000")

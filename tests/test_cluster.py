@@ -13,9 +13,9 @@ import pytest
 from pydantic import ValidationError
 from redis.asyncio import RedisCluster
 
-from shared.keys import events_key
-from shared.redis_client import redis_from_url
-from shared.settings import Settings
+from runcast.shared.keys import events_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.settings import Settings
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster
 from tests.support.sse import Received, create_run, read_sse

@@ -13,12 +13,12 @@ import pytest
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import MovedError
 
-from shared.cluster import ClusterReaders, SingleNodeReaders, SlotReader, group_by_slot, readers_for, run_slot
-from shared.ids import START_ID, new_run_id
-from shared.keys import events_key, meta_key
-from shared.redis_client import redis_from_url
-from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
-from shared.streamlog import StreamLog
+from runcast.shared.cluster import ClusterReaders, SingleNodeReaders, SlotReader, group_by_slot, readers_for, run_slot
+from runcast.shared.ids import START_ID, new_run_id
+from runcast.shared.keys import events_key, meta_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.shared.streamlog import StreamLog
 from tests.support.redis_cluster import LocalCluster
 
 

@@ -14,8 +14,8 @@ import httpx
 import pytest
 import redis
 
-from shared.keys import heartbeat_key
-from shared.resilience import RUNNING_KEY
+from runcast.shared.keys import heartbeat_key
+from runcast.shared.resilience import RUNNING_KEY
 from tests.support.eventsource import ResumingViewer
 from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
 from tests.support.processes import GatewayProcess, WorkerProcess

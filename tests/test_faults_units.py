@@ -11,21 +11,21 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gateway.feed import DirectFeed
-from gateway.sweeper import LostRunSweeper
-from shared.ids import new_run_id
-from shared.keys import heartbeat_key
-from shared.redis_client import redis_from_url
-from shared.resilience import RUNNING_KEY
-from shared.settings import Settings
-from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
-from shared.streamlog import Entry, Reset, StreamLog
+from runcast.gateway.hub.feed import DirectFeed
+from runcast.gateway.sweeper import LostRunSweeper
+from runcast.shared.ids import new_run_id
+from runcast.shared.keys import heartbeat_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.resilience import RUNNING_KEY
+from runcast.shared.settings import Settings
+from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
+from runcast.shared.streamlog import Entry, Reset, StreamLog
+from runcast.worker.durable import DurableStreamLog
+from runcast.worker.heartbeat import run_heartbeat
+from runcast.worker.job import run_agent
+from runcast.worker.settings import build_state
 from tests.support.faults import wait_until
 from tests.support.redis_server import RedisServer, redis_server_available
-from worker.durable import DurableStreamLog
-from worker.heartbeat import run_heartbeat
-from worker.job import run_agent
-from worker.settings import build_state
 
 
 @pytest.fixture

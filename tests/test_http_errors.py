@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from shared.ids import new_run_id
-from shared.tokens import issue_token
+from runcast.shared.ids import new_run_id
+from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.sse import create_run
 

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from shared.keys import events_key
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.shared.keys import events_key
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
 from tests.support.hub import new_run, parse_metrics, publish, server_stream_reads
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
 from tests.support.sse import Received, create_run, read_sse

@@ -15,11 +15,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.hub import Hub, retrying
-from shared.ids import START_ID
-from shared.keys import events_key, meta_key
-from shared.redis_client import redis_from_url
-from shared.streamlog import Entry, Reset, StreamLog
+from runcast.gateway.hub.fanout import Hub, retrying
+from runcast.shared.ids import START_ID
+from runcast.shared.keys import events_key, meta_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streamlog import Entry, Reset, StreamLog
 from tests.support.hub import collect, eventually, hub_metric, new_run, publish
 from tests.support.redis_server import RedisServer
 
@@ -152,9 +152,9 @@ async def test_entries_waiting_for_a_subscriber_come_as_one_batch_and_their_lag_
 
 
 def test_runcast_feed_picks_the_read_path():
-    from gateway.app import feed_for
-    from gateway.feed import DirectFeed
-    from shared.settings import Settings
+    from runcast.gateway.app import feed_for
+    from runcast.gateway.hub.feed import DirectFeed
+    from runcast.shared.settings import Settings
 
     assert Settings().feed == "hub"
     assert isinstance(feed_for(Settings(feed="direct"))(StreamLog(Redis())), DirectFeed)

@@ -181,9 +181,9 @@ async def test_tokens_never_reach_the_access_log(limited: GatewayProcess, http: 
 async def test_tokens_are_redacted_under_plain_uvicorn_too(
     module_redis_url: str, limited: GatewayProcess, http: httpx.AsyncClient
 ):
-    """`uvicorn gateway.app:app` (no `runcast gateway`): the filter is installed when the app is created."""
+    """`uvicorn runcast.gateway.app:app` (no `runcast gateway`): the filter is installed when the app is created."""
     port = free_port()
-    args = [sys.executable, "-m", "uvicorn", "gateway.app:app", "--port", str(port), "--log-level", "info"]
+    args = [sys.executable, "-m", "uvicorn", "runcast.gateway.app:app", "--port", str(port), "--log-level", "info"]
     proc = Process(args, runcast_env(module_redis_url)).start()
     try:
         auth = {"Authorization": f"Bearer {LOG_KEY}"}

@@ -9,13 +9,13 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from shared.streaming import StreamConfig
+from runcast.shared.streaming import StreamConfig
+from runcast.worker.agents import Agent, ModelSettings, calculator
+from runcast.worker.providers.openai import OpenAIProvider
 from tests.support import fake_openai as fake
 from tests.support.runs import finished, run_job, start_job, wait_for_entry, worker_state
 from tests.support.sse import create_run, read_sse
 from tests.support.stack import running_stack
-from worker.agents import Agent, ModelSettings, calculator
-from worker.providers.openai import OpenAIProvider
 
 REGISTRY = {
     "assistant": Agent("assistant", instructions="Be brief.", model_settings=ModelSettings(temperature=0.2)),

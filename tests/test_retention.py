@@ -13,7 +13,7 @@ import pytest
 import websockets
 from redis.asyncio import Redis
 
-from shared.keys import events_key, heartbeat_key, meta_key
+from runcast.shared.keys import events_key, heartbeat_key, meta_key
 from tests.support.faults import stored_log, words
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sse import create_run, read_sse

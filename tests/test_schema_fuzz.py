@@ -10,7 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from gateway.app import create_app
+from runcast.gateway.app import create_app
 from tests.support.processes import GatewayProcess, WorkerProcess
 
 EXAMPLES_PER_OPERATION = 25

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.streaming import (
+from runcast.shared.streaming import (
     ChunkType,
     StreamChunk,
     StreamConfig,
@@ -17,10 +17,10 @@ from shared.streaming import (
     StreamingEventType,
     replay_from_redis,
 )
+from runcast.worker.agents import Agent
+from runcast.worker.providers.base import Message, ModelDelta, TextDelta, ToolSpec, Usage
+from runcast.worker.streaming import RunConfig, RunState, StreamingAgent, run_streaming
 from tests.support.runs import run_job, worker_state
-from worker.agents import Agent
-from worker.providers.base import Message, ModelDelta, TextDelta, ToolSpec, Usage
-from worker.streaming import RunConfig, RunState, StreamingAgent, run_streaming
 
 
 def test_the_docs_streaming_buffer_example_runs_unchanged(capsys: pytest.CaptureFixture[str]):

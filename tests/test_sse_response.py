@@ -1,4 +1,4 @@
-"""The SSE route's own response (`gateway.sse_response.SSEResponse`): what goes on the wire, the heartbeat, and how a
+"""The SSE route's own response (`wire.sse_response.SSEResponse`): what goes on the wire, the heartbeat, and how a
 stream ends when the viewer leaves or the server shuts down.
 
 Wire tests read the raw HTTP response over a plain socket (parsed with h11, so every chunk the gateway wrote is seen as
@@ -18,12 +18,12 @@ import h11
 import pytest
 from redis.asyncio import Redis
 
-from gateway.sse_response import PING_FRAME, OpenStreams, SSEResponse
-from gateway.subscriber import Subscriber
-from shared.keys import events_key
-from shared.redis_client import redis_from_url
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.gateway.hub.subscriber import Subscriber
+from runcast.gateway.wire.sse_response import PING_FRAME, OpenStreams, SSEResponse
+from runcast.shared.keys import events_key
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
 from tests.support.hub import eventually, hub_metric, new_run, publish
 from tests.support.processes import TEST_SECRET, GatewayProcess
 from tests.support.stack import running_stack

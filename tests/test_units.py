@@ -6,11 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.ids import BadEntryId, BadRunId, check_run_id, entry_key, new_run_id, parse_entry_id
-from shared.keys import events_key, meta_key, run_id_from_events_key
-from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingToolCall
-from shared.tokens import TokenExpired, TokenInvalid, TokenMissing, TokenWrongRun, issue_token, verify_token
-from worker.providers.scripted import split_tokens
+from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, entry_key, new_run_id, parse_entry_id
+from runcast.shared.keys import events_key, meta_key, run_id_from_events_key
+from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingToolCall
+from runcast.shared.tokens import TokenExpired, TokenInvalid, TokenMissing, TokenWrongRun, issue_token, verify_token
+from runcast.worker.providers.scripted import split_tokens
 
 SECRET = b"k" * 32
 
@@ -82,7 +82,7 @@ def test_scripted_tokens_join_back_to_the_input_exactly(text: str):
 
 async def test_a_run_ends_exactly_once_and_nothing_is_appended_after(redis_url: str | None):
     from runcast.demo import fake_clients, real_clients
-    from shared.streamlog import RunEnded, StreamLog
+    from runcast.shared.streamlog import RunEnded, StreamLog
 
     redis, _queue = real_clients(redis_url) if redis_url else fake_clients()
     log = StreamLog(redis)

@@ -11,9 +11,9 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosedError
 
-from shared.keys import events_key
-from shared.streamlog import StreamLog
-from shared.tokens import issue_token
+from runcast.shared.keys import events_key
+from runcast.shared.streamlog import StreamLog
+from runcast.shared.tokens import issue_token
 from tests.support.hub import new_run, publish
 from tests.support.processes import TEST_SECRET
 from tests.support.sse import create_run, read_sse

@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from shared.streaming import StreamConfig
-from worker.calculator import evaluate
-from worker.providers.base import ModelProvider, ToolSpec
+from runcast.shared.streaming import StreamConfig
+from runcast.worker.calculator import evaluate
+from runcast.worker.providers.base import ModelProvider, ToolSpec
 
 HANDOFF_PREFIX = "transfer_to_"
 

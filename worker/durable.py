@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from shared.keys import events_key
-from shared.resilience import TRANSIENT_ERRORS, Backoff
-from shared.streaming import StreamingEvent
-from shared.streamlog import StreamLog
+from runcast.shared.keys import events_key
+from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.streaming import StreamingEvent
+from runcast.shared.streamlog import StreamLog
 
 
 class DurableStreamLog(StreamLog):

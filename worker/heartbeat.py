@@ -5,7 +5,7 @@
   the index always had a heartbeat);
 - while inside: a task refreshes the key every `lost_s / 3`, so it only expires when this worker stops beating
   (killed, frozen, or cut off from Redis for longer than `lost_s`) and a gateway's sweeper then ends the run
-  with ERROR `worker_lost` (see `gateway.sweeper`);
+  with ERROR `worker_lost` (see `runcast.gateway.sweeper`);
 - on cancellation (arq cancels running jobs after `job_completion_wait` on SIGTERM, or at the job timeout): the run
   is ended with ERROR `worker_shutdown` through `StreamLog.end_run` (atomic: a no-op when it already ended);
 - on exit: the key and the index entry are removed (best effort: if Redis is away the key simply expires).
@@ -18,10 +18,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from shared.keys import heartbeat_key
-from shared.resilience import RUNNING_KEY, TRANSIENT_ERRORS
-from shared.settings import get_settings
-from shared.streamlog import StreamLog
+from runcast.shared.keys import heartbeat_key
+from runcast.shared.resilience import RUNNING_KEY, TRANSIENT_ERRORS
+from runcast.shared.settings import get_settings
+from runcast.shared.streamlog import StreamLog
 
 log = logging.getLogger("runcast.worker")
 

@@ -18,14 +18,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from shared.keys import meta_key
-from shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
-from shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
-from worker.agents import Agent
-from worker.heartbeat import run_heartbeat
-from worker.providers.base import ModelProvider
-from worker.publisher import publish_events
-from worker.runner import run_agent_events
+from runcast.shared.keys import meta_key
+from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
+from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
+from runcast.worker.agents import Agent
+from runcast.worker.heartbeat import run_heartbeat
+from runcast.worker.providers.base import ModelProvider
+from runcast.worker.publisher import publish_events
+from runcast.worker.runner import run_agent_events
 
 log = logging.getLogger("runcast.worker")
 
@@ -35,7 +35,7 @@ CANCEL_POLL_S = 0.15
 
 @dataclass
 class WorkerState:
-    """What every job needs, built once per worker process (see `worker.settings.startup`)."""
+    """What every job needs, built once per worker process (see `runcast.worker.settings.startup`)."""
 
     stream_log: StreamLog
     registry: Mapping[str, Agent]

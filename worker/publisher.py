@@ -1,4 +1,4 @@
-"""Publishing a run's events to its Redis stream under a chunking policy (`shared.streaming.StreamConfig`).
+"""Publishing a run's events to its Redis stream under a chunking policy (`runcast.shared.streaming.StreamConfig`).
 
 The agent produces events into a queue; one publisher loop takes them out, lets the `Coalescer` merge text deltas
 the policy wants merged, and appends what is ready with `StreamLog.append_many` — everything that piled up while the
@@ -15,8 +15,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from shared.streaming import StreamConfig, StreamingChunk, StreamingEvent, StreamingEventType
-from shared.streamlog import StreamLog
+from runcast.shared.streaming import StreamConfig, StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.shared.streamlog import StreamLog
 
 MAX_BATCH = 256
 """Most events in one append (bounds the Lua script's argument list)."""

@@ -5,7 +5,7 @@ command's send/receive but not taking a connection from the pool, whose handshak
 (connection reset, or `LOADING` while it replays its AOF). `ResilientWorker` retries the poll iteration with
 backoff for up to RUNCAST_REDIS_RETRY_S of continuous outage, then lets the error stop the worker (its supervisor
 restarts it; runs it was executing end with `worker_lost`). `runcast worker` uses it; plain
-`arq worker.settings.WorkerSettings` runs arq's own Worker, without this.
+`arq runcast.worker.settings.WorkerSettings` runs arq's own Worker, without this.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 
 from arq.worker import Worker, get_kwargs
 
-from shared.resilience import TRANSIENT_ERRORS, Backoff
-from shared.settings import get_settings
+from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.settings import get_settings
 
 
 class ResilientWorker(Worker):

@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
-from shared.streaming import (
+from runcast.shared.streaming import (
     StreamingChunk,
     StreamingError,
     StreamingEvent,
@@ -22,9 +22,9 @@ from shared.streaming import (
     StreamingToolCall,
     StreamingToolResult,
 )
-from worker.agents import Agent
-from worker.providers.base import Message, ModelError, ModelProvider, TextDelta, ToolCallDelta, Usage
-from worker.tools import execute_tool, parse_arguments
+from runcast.worker.agents import Agent
+from runcast.worker.providers.base import Message, ModelError, ModelProvider, TextDelta, ToolCallDelta, Usage
+from runcast.worker.tools import execute_tool, parse_arguments
 
 TURN_SEPARATOR = "\n\n"
 """Put between two assistant turns' text when neither side has whitespace, so `content` stays readable."""

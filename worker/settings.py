@@ -1,4 +1,4 @@
-"""arq WorkerSettings: `arq worker.settings.WorkerSettings` or `runcast worker`."""
+"""arq WorkerSettings: `arq runcast.worker.settings.WorkerSettings` or `runcast worker`."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ from arq.connections import RedisSettings
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from shared.keys import AGENTS_KEY
-from shared.redis_client import stream_redis
-from shared.resilience import TRANSIENT_ERRORS
-from shared.settings import Settings, get_settings
-from worker.agents import load_registry
-from worker.durable import DurableStreamLog
-from worker.job import WorkerState, run_agent
-from worker.providers.base import ModelProvider
-from worker.providers.scripted import ScriptedProvider
+from runcast.shared.keys import AGENTS_KEY
+from runcast.shared.redis_client import stream_redis
+from runcast.shared.resilience import TRANSIENT_ERRORS
+from runcast.shared.settings import Settings, get_settings
+from runcast.worker.agents import load_registry
+from runcast.worker.durable import DurableStreamLog
+from runcast.worker.job import WorkerState, run_agent
+from runcast.worker.providers.base import ModelProvider
+from runcast.worker.providers.scripted import ScriptedProvider
 
 log = logging.getLogger("arq.worker")
 
@@ -25,7 +25,7 @@ log = logging.getLogger("arq.worker")
 def build_provider(settings: Settings) -> ModelProvider:
     if settings.model_provider == "scripted":
         return ScriptedProvider(delay_ms=settings.scripted_delay_ms)
-    from worker.providers.openai import OpenAIProvider
+    from runcast.worker.providers.openai import OpenAIProvider
 
     return OpenAIProvider.from_settings(settings)
 

@@ -10,12 +10,12 @@ import itertools
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 
-from shared.ids import new_run_id
-from shared.streaming import ChunkType, StreamChunk, StreamingChunk, StreamingEvent, StreamingEventType
-from worker.agents import Agent, default_registry
-from worker.providers.base import Message, ModelProvider
-from worker.providers.scripted import ScriptedProvider
-from worker.runner import run_agent_events
+from runcast.shared.ids import new_run_id
+from runcast.shared.streaming import ChunkType, StreamChunk, StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.worker.agents import Agent, default_registry
+from runcast.worker.providers.base import Message, ModelProvider
+from runcast.worker.providers.scripted import ScriptedProvider
+from runcast.worker.runner import run_agent_events
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.agents import Tool
+from runcast.worker.agents import Tool
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.keys import events_key
+from runcast.shared.keys import events_key
 from tests.support.processes import Process
 from tests.support.sse import Received
 

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 
-from shared.ids import new_run_id
-from shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
-from shared.streamlog import Entry, Reset, StreamLog
+from runcast.shared.ids import new_run_id
+from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
+from runcast.shared.streamlog import Entry, Reset, StreamLog
 
 STREAM_READ_COMMANDS = ("xread", "xrange", "xrevrange")
 

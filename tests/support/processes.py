@@ -36,15 +36,16 @@ def runcast_env(redis_url: str, **overrides: str) -> dict[str, str]:
 class Process:
     """A child process whose output goes to a temp log file (shown when a test fails to start it)."""
 
-    def __init__(self, args: list[str], env: dict[str, str]):
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path | None = None):
         self.args = args
         self.env = env
+        self.cwd = cwd
         self.log_path = Path(tempfile.mkstemp(prefix="runcast-proc-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.args, env=self.env, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         return self
 

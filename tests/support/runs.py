@@ -7,14 +7,14 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-from shared.ids import new_run_id
-from shared.redis_client import redis_from_url
-from shared.streaming import StreamConfig, StreamingEvent
-from shared.streamlog import Entry, StreamLog
-from worker.agents import Agent, default_registry
-from worker.job import WorkerState, run_agent
-from worker.providers.base import ModelProvider
-from worker.providers.scripted import ScriptedProvider
+from runcast.shared.ids import new_run_id
+from runcast.shared.redis_client import redis_from_url
+from runcast.shared.streaming import StreamConfig, StreamingEvent
+from runcast.shared.streamlog import Entry, StreamLog
+from runcast.worker.agents import Agent, default_registry
+from runcast.worker.job import WorkerState, run_agent
+from runcast.worker.providers.base import ModelProvider
+from runcast.worker.providers.scripted import ScriptedProvider
 
 
 @dataclass

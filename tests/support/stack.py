@@ -12,7 +12,7 @@ import uvicorn
 from redis.asyncio import Redis
 
 from runcast.demo import build_embedded, fake_clients, real_clients
-from shared.settings import Settings
+from runcast.shared.settings import Settings
 from tests.support.ports import free_port
 from tests.support.processes import TEST_SECRET
 

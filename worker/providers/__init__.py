@@ -1,1 +1,1 @@
-"""Model providers behind one streaming protocol (see `worker.providers.base`)."""
+"""Model providers behind one streaming protocol (see `runcast.worker.providers.base`)."""

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
-from shared.settings import Settings
-from worker.providers.base import Message, ModelDelta, ModelError, TextDelta, ToolCallDelta, ToolSpec, Usage
+from runcast.shared.settings import Settings
+from runcast.worker.providers.base import Message, ModelDelta, ModelError, TextDelta, ToolCallDelta, ToolSpec, Usage
 
 log = logging.getLogger("runcast.worker.openai")
 

@@ -14,8 +14,8 @@ import json
 import re
 from collections.abc import AsyncIterator
 
-from worker.calculator import find_expression
-from worker.providers.base import Message, ModelDelta, TextDelta, ToolCallDelta, ToolSpec, Usage
+from runcast.worker.calculator import find_expression
+from runcast.worker.providers.base import Message, ModelDelta, TextDelta, ToolCallDelta, ToolSpec, Usage
 
 _TOKEN_RE = re.compile(r"\s*\S+")
 HANDOFF_PREFIX = "transfer_to_"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import bisect
 
-from gateway.subscriber import Subscriber
-from shared.ids import START_ID, entry_key
-from shared.keys import events_key
-from shared.streamlog import Entry
+from runcast.gateway.hub.subscriber import Subscriber
+from runcast.shared.ids import START_ID, entry_key
+from runcast.shared.keys import events_key
+from runcast.shared.streamlog import Entry
 
 
 class RunFeed:

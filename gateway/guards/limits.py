@@ -20,7 +20,7 @@ from prometheus_client import Counter as PromCounter
 from prometheus_client import Gauge
 from redis.asyncio import Redis
 
-from shared.keys import PREFIX
+from runcast.shared.keys import PREFIX
 
 VIEWER_SLOTS = Gauge("runcast_viewer_slots_in_use", "open SSE/WebSocket viewers admitted by this gateway process")
 REFUSED = PromCounter("runcast_requests_refused_total", "requests refused by an admission limit", ["limit"])

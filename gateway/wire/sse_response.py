@@ -9,7 +9,8 @@ one helper task that waits on `receive()` (for `http.disconnect`) and sends the 
 every send is one plain `http.response.body` message, and the constant frames are pre-built bytes. Measured with
 this class: ~29 KiB per idle viewer (5,000 idle viewers, hub).
 
-Frames are encoded elsewhere (`gateway.wire`, with sse-starlette's `ServerSentEvent`); this module only moves bytes.
+Frames are encoded elsewhere (`runcast.gateway.wire.frames`, with sse-starlette's `ServerSentEvent`); this module only
+moves bytes.
 
 Ending a stream from outside (the viewer went away, the server shuts down) cancels the handler's task with a marker
 and takes the cancellation back (`Task.uncancel`, as `asyncio.timeout` does): wherever the task waits (usually inside

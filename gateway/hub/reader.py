@@ -18,10 +18,10 @@ from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError, ResponseError
 
-from gateway import metrics
-from gateway.hub_run import RunFeed
-from shared.resilience import TRANSIENT_ERRORS, Backoff
-from shared.streamlog import Entry
+from runcast.gateway import metrics
+from runcast.gateway.hub.run import RunFeed
+from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.streamlog import Entry
 
 log = logging.getLogger("runcast.hub")
 

@@ -7,9 +7,9 @@ from typing import Annotated
 
 from fastapi import Depends, Header, HTTPException, Path, Query, Request
 
-from gateway.state import GatewayState, get_state
-from shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
-from shared.tokens import TokenError, TokenInvalid, verify_token
+from runcast.gateway.state import GatewayState, get_state
+from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
+from runcast.shared.tokens import TokenError, TokenInvalid, verify_token
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
 
-from gateway.auth import readable_run, require_api_key, valid_run_id
-from gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
-from gateway.state import GatewayState, get_state
-from shared.ids import new_run_id
-from shared.keys import AGENTS_KEY
-from shared.streaming import StreamingBuffer, StreamingEvent
-from shared.streamlog import TERMINAL_STATUSES
-from shared.tokens import issue_token
+from runcast.gateway.guards.auth import readable_run, require_api_key, valid_run_id
+from runcast.gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
+from runcast.gateway.state import GatewayState, get_state
+from runcast.shared.ids import new_run_id
+from runcast.shared.keys import AGENTS_KEY
+from runcast.shared.streaming import StreamingBuffer, StreamingEvent
+from runcast.shared.streamlog import TERMINAL_STATUSES
+from runcast.shared.tokens import issue_token
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 

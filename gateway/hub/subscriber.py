@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from shared.ids import entry_key
-from shared.streamlog import Entry
+from runcast.shared.ids import entry_key
+from runcast.shared.streamlog import Entry
 
 
 class Subscriber:

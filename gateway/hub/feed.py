@@ -1,7 +1,8 @@
 """Where a subscriber's entries come from: its backlog, then the live tail, as batches ending at the terminal event.
 
 `EventFeed` is the seam between the HTTP layer and Redis. `DirectFeed` gives every subscriber its own XREAD loop
-(simple, and the benchmark's `naive` mode: `RUNCAST_FEED=direct`); the default is the fan-out hub (`gateway.hub.Hub`),
+(simple, and the benchmark's `naive` mode: `RUNCAST_FEED=direct`); the default is the fan-out hub
+(`runcast.gateway.hub.fanout.Hub`),
 which implements the same protocol with one multiplexed XREAD reader per process for all the runs it follows.
 """
 
@@ -11,8 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar
 
-from shared.resilience import Backoff, retry_transient
-from shared.streamlog import TERMINAL_STATUSES, Entry, Reset, StreamLog
+from runcast.shared.resilience import Backoff, retry_transient
+from runcast.shared.streamlog import TERMINAL_STATUSES, Entry, Reset, StreamLog
 
 Batch = list[Entry] | Reset
 T = TypeVar("T")

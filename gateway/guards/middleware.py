@@ -15,8 +15,8 @@ from fastapi import HTTPException
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.auth import bearer
-from gateway.limits import CreateRateLimiter, ViewerLimits, key_identity, retry_after_header
+from runcast.gateway.guards.auth import bearer
+from runcast.gateway.guards.limits import CreateRateLimiter, ViewerLimits, key_identity, retry_after_header
 
 VIEWER_PATH = re.compile(r"^/v1/runs/([^/]{1,64})/(events|ws)$")
 

@@ -10,13 +10,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
-from gateway.auth import readable_run, resume_id, valid_run_id
-from gateway.routes_runs import _ERRORS, load_meta
-from gateway.sse_response import SSEResponse, open_streams
-from gateway.state import GatewayState, get_state
-from gateway.wire import sse_batch, sse_reset_frame, ws_message, ws_reset_message
-from shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
-from shared.streamlog import Reset
+from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
+from runcast.gateway.routes.runs import _ERRORS, load_meta
+from runcast.gateway.state import GatewayState, get_state
+from runcast.gateway.wire.frames import sse_batch, sse_reset_frame, ws_message, ws_reset_message
+from runcast.gateway.wire.sse_response import SSEResponse, open_streams
+from runcast.shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
+from runcast.shared.streamlog import Reset
 
 router = APIRouter(prefix="/v1", tags=["events"])
 

@@ -21,15 +21,15 @@ from typing import TypeVar
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
-from gateway import metrics
-from gateway.hub_reader import StreamReader
-from gateway.hub_run import RunFeed
-from gateway.subscriber import Subscriber
-from shared.cluster import ClusterReaders, run_slot
-from shared.ids import START_ID
-from shared.keys import meta_key
-from shared.resilience import Backoff, retry_transient
-from shared.streamlog import Entry, Reset, StreamLog, to_entries
+from runcast.gateway import metrics
+from runcast.gateway.hub.reader import StreamReader
+from runcast.gateway.hub.run import RunFeed
+from runcast.gateway.hub.subscriber import Subscriber
+from runcast.shared.cluster import ClusterReaders, run_slot
+from runcast.shared.ids import START_ID
+from runcast.shared.keys import meta_key
+from runcast.shared.resilience import Backoff, retry_transient
+from runcast.shared.streamlog import Entry, Reset, StreamLog, to_entries
 
 log = logging.getLogger("runcast.hub")
 

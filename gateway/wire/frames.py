@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from sse_starlette import ServerSentEvent
 
-from shared.streamlog import Entry, Reset
+from runcast.shared.streamlog import Entry, Reset
 
 
 @lru_cache(maxsize=8192)
