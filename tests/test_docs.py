@@ -7,8 +7,9 @@ The convention, for everyone who writes docs:
    imports included, `asyncio.run(main())` rather than a top-level `await`; an `assert` shows what the reader should
    see.
 2. `http://127.0.0.1:8000` is the gateway. A block that names it runs against a real `runcast gateway` and
-   `runcast worker` on a throwaway Redis, one pair per doc file, with the URL replaced by theirs. The built-in agents
-   (`echo`, `demo`, `triage`) are there, driven offline by the scripted model.
+   `runcast worker` on a test Redis, one pair per doc file, with the URL replaced by theirs; `redis://127.0.0.1:6379/0`
+   is replaced by that Redis. The built-in agents (`echo`, `demo`, `triage`) are there, driven offline by the
+   scripted model.
 3. Blocks share setup through files: a block whose first line is `# name.py ...` is also the file `name.py` in the
    doc's scratch folder, written before any block of that doc runs, so other blocks can `import name`. When such a
    block assigns a top-level `registry`, the doc's worker runs with `RUNCAST_AGENTS=name:registry` (several: merged),
@@ -107,7 +108,7 @@ class DocSandbox:
     def run(self, block: Block) -> subprocess.CompletedProcess[str]:
         url = self.gateway_url() if block.needs_gateway else None
         script = self.folder / f"block_{block.line}.py"
-        script.write_text(script_for(block, url))
+        script.write_text(script_for(block, url, self.redis_url if url else None))
         env = {name: value for name, value in os.environ.items() if not name.startswith("RUNCAST_")}
         return run_python(script, self.folder, env)
 
@@ -319,7 +320,8 @@ FILE_EXTENSIONS = (".py", ".conf", ".yml", ".yaml", ".js", ".html", ".css", ".to
 
 
 def tracked_files() -> list[str]:
-    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # new files count before their commit
+    listed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return listed.split()
 
 
@@ -351,6 +353,19 @@ def test_every_repository_path_in_backticks_exists() -> None:
     assert not bad, "paths that do not exist in the repository:\n" + "\n".join(bad)
 
 
+def test_every_test_named_in_backticks_exists() -> None:
+    defined = set(
+        re.findall(r"def (test_\w+)", "".join(path.read_text() for path in (ROOT / "tests").glob("test_*.py")))
+    )
+    bad = [
+        f"{doc.name}: `{span}`"
+        for doc in doc_files()
+        for span in code_spans(doc)
+        if re.fullmatch(r"test_\w+", span) and span not in defined
+    ]
+    assert not bad, "tests the docs cite that do not exist:\n" + "\n".join(bad)
+
+
 def resolves(dotted: str) -> bool:
     """`runcast.a.b` (a module) or `runcast.a.b.Name` (a name in a module), or `module:attr`."""
     module, _, attr = dotted.partition(":")
@@ -377,7 +392,7 @@ def test_every_runcast_name_in_backticks_resolves() -> None:
     for doc in doc_files():
         for span in code_spans(doc):
             match = re.fullmatch(r"(runcast(\.\w+)+(:\w+)?)(\(.*\))?", span)
-            if match and not resolves(match[1]):
+            if match and not span.endswith(FILE_EXTENSIONS) and not resolves(match[1]):
                 bad.append(f"{doc.name}: `{span}`")
     assert not bad, "names that do not exist:\n" + "\n".join(bad)
 

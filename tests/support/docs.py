@@ -18,6 +18,8 @@ from markdown_it import MarkdownIt
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENTED_URL = "http://127.0.0.1:8000"
 """The gateway address the docs use; the test puts its own gateway's address in its place."""
+DOCUMENTED_REDIS = "redis://127.0.0.1:6379/0"
+"""The Redis of that gateway and its worker, for blocks that read a run's stream directly (never the machine's)."""
 
 PYTHON_FENCES = {"python", "py"}
 MARKER = re.compile(r"<!--\s*docs-test:(?P<body>.*?)-->", re.DOTALL)
@@ -61,7 +63,7 @@ class Block:
 
     @property
     def needs_gateway(self) -> bool:
-        return DOCUMENTED_URL in self.source
+        return DOCUMENTED_URL in self.source or DOCUMENTED_REDIS in self.source
 
 
 @dataclass(frozen=True)
@@ -113,12 +115,14 @@ def doc_text() -> str:
     return "\n".join(doc.read_text() for doc in doc_files())
 
 
-def script_for(block: Block, gateway_url: str | None) -> str:
+def script_for(block: Block, gateway_url: str | None = None, redis_url: str | None = None) -> str:
+    """The block's source with the documented addresses replaced by the test's own."""
     source = block.source
     if gateway_url is not None:
-        source = source.replace(DOCUMENTED_URL, gateway_url).replace(
-            DOCUMENTED_URL.replace("http", "ws", 1), gateway_url.replace("http", "ws", 1)
-        )
+        source = source.replace(DOCUMENTED_URL, gateway_url)
+        source = source.replace(DOCUMENTED_URL.replace("http", "ws", 1), gateway_url.replace("http", "ws", 1))
+    if redis_url is not None:
+        source = source.replace(DOCUMENTED_REDIS, redis_url)
     return source
 
 
