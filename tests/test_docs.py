@@ -5,7 +5,7 @@ The convention, for everyone who writes docs:
 1. A ```python block is a program a reader can paste and run. The test runs each block alone, in a fresh `python`
    process of the project's venv, in a scratch folder of its doc file, and it must exit 0. Write whole scripts:
    imports included, `asyncio.run(main())` rather than a top-level `await`; an `assert` shows what the reader should
-   see.
+   see. (`ruff format`, run by `make lint`, formats these blocks too.)
 2. `http://127.0.0.1:8000` is the gateway. A block that names it runs against a real `runcast gateway` and
    `runcast worker` on a test Redis, one pair per doc file, with the URL replaced by theirs; `redis://127.0.0.1:6379/0`
    is replaced by that Redis. The built-in agents (`echo`, `demo`, `triage`) are there, driven offline by the

@@ -139,3 +139,21 @@ def test_misusing_the_api_is_reported_where_it_happens(mypy) -> None:
     assert 'Item "ResetEvent" of "StreamingEvent | ResetEvent" has no attribute "data"' in out
     assert 'Missing positional argument "token" in call to "stream" of "Client"' in out
     assert 'Argument 3 to "Tool" has incompatible type' in out
+
+
+def test_every_public_name_and_its_public_methods_have_a_docstring() -> None:
+    import inspect
+
+    import runcast
+
+    missing = []
+    for name in runcast.__all__:
+        obj = getattr(runcast, name)
+        generated = inspect.isclass(obj) and (obj.__doc__ or "").startswith(f"{obj.__name__}(")  # a dataclass's
+        if not (obj.__doc__ or "").strip() or generated:
+            missing.append(name)
+        for attribute, value in vars(obj).items() if inspect.isclass(obj) else ():
+            function = getattr(value, "__func__", None) or getattr(value, "fget", None) or value
+            if not attribute.startswith("_") and callable(function) and not (function.__doc__ or "").strip():
+                missing.append(f"{name}.{attribute}")
+    assert not missing, f"public API without a docstring: {missing}"
