@@ -23,6 +23,7 @@ from runcast.gateway.guards.redact import install_token_redaction
 from runcast.gateway.hub.fanout import Hub
 from runcast.gateway.hub.feed import DirectFeed, EventFeed
 from runcast.gateway.routes import events, runs
+from runcast.gateway.schemas import Health, Readiness
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
 from runcast.shared.redis_client import stream_redis
@@ -82,20 +83,39 @@ def create_app(
     app.include_router(events.router)
     install_guards(app, settings)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get(
+        "/healthz", tags=["ops"], summary="Liveness", response_description="the process is up", response_model=Health
+    )
     async def healthz() -> dict[str, str]:
+        """The process is up (no dependency is checked)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "Redis unreachable"}})
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness",
+        response_description="Redis answers",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Redis unreachable: take this gateway out of rotation"}},
+    )
     async def readyz(state: Annotated[GatewayState, Depends(get_state)]) -> JSONResponse:
+        """Ready when Redis answers a PING (what load balancers and compose health checks ask)."""
         try:
             await state.redis.ping()
         except (RedisError, OSError) as exc:
             return JSONResponse({"status": "not ready", "detail": f"redis: {exc}"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
+        """Viewers, deliveries, hub readers and Redis errors of this gateway process. Keep it on an internal
+        network: it needs no token."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)

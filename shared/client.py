@@ -155,6 +155,7 @@ class StreamItem(NamedTuple):
 
     @property
     def is_terminal(self) -> bool:
+        """The run's last event (`complete` or `error`)."""
         return isinstance(self.event, StreamingEvent) and self.event.is_terminal
 
 
@@ -315,10 +316,12 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (unless the `http` client was passed in)."""
         if self._own_http:
             await self.http.aclose()
 
     def url(self, path: str) -> str:
+        """The gateway URL of `path` (`/v1/...`)."""
         return f"{self.base_url}{path}"
 
     def _key_headers(self) -> dict[str, str]:
@@ -335,9 +338,12 @@ class AsyncClient:
         return response
 
     async def agents(self) -> list[dict[str, str]]:
+        """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
         return (await self._request("GET", "/v1/agents")).json()
 
     async def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
+        """Start a run of `agent` on `input`; the handle carries its id and read token. `RunNotFound` for an unknown
+        agent."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
             body["metadata"] = metadata
@@ -349,6 +355,7 @@ class AsyncClient:
         return RunStream(self, run_id, token, last_event_id, **retry)
 
     async def status(self, run_id: str, token: str) -> dict[str, Any]:
+        """`{"status": "queued" | "running" | "completed" | "failed" | "cancelled", "last_event_id": ..., ...}`."""
         return (await self._request("GET", f"/v1/runs/{run_id}", params={"token": token})).json()
 
     async def result(self, run_id: str, token: str) -> dict[str, Any]:

@@ -80,11 +80,12 @@ class Settings(BaseSettings):
         256 * 1024, ge=1, description="request bodies over this are refused with 413 before they are read"
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "secret_previous", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
+        """Lists come from the environment comma-separated (`RUNCAST_API_KEYS=k1,k2`)."""
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     def stream_config(self) -> StreamConfig:
@@ -104,13 +105,6 @@ class Settings(BaseSettings):
     def queue_url(self) -> str:
         """Where the arq job queue lives (gateway enqueues, worker polls)."""
         return self.queue_redis_url or self.redis_url
-
-    @field_validator("secret_previous", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @property
     def sweep_every_s(self) -> float:

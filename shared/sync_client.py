@@ -38,6 +38,7 @@ class Client:
 
     @property
     def base_url(self) -> str:
+        """The gateway this client talks to."""
         return self._async.base_url
 
     def __enter__(self) -> Self:
@@ -47,15 +48,18 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the HTTP connections and the client's event loop."""
         try:
             self._runner.run(self._async.aclose())
         finally:
             self._runner.close()
 
     def agents(self) -> list[dict[str, str]]:
+        """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
         return self._runner.run(self._async.agents())
 
     def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
+        """Start a run of `agent` on `input`; the handle carries its id and read token."""
         return self._runner.run(self._async.create_run(agent, input, metadata))
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> SyncRunStream:
@@ -64,12 +68,15 @@ class Client:
         return SyncRunStream(self._runner, self._async.stream(run_id, token, last_event_id, **retry))
 
     def status(self, run_id: str, token: str) -> dict[str, Any]:
+        """The run's status and last event id."""
         return self._runner.run(self._async.status(run_id, token))
 
     def result(self, run_id: str, token: str) -> dict[str, Any]:
+        """The final StreamingBuffer; raises ConflictError while the run is still going."""
         return self._runner.run(self._async.result(run_id, token))
 
     def cancel(self, run_id: str, token: str | None = None) -> dict[str, Any]:
+        """End the run with an `error` event of type `cancelled` (API key when keys are set, else the token)."""
         return self._runner.run(self._async.cancel(run_id, token))
 
 

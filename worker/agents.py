@@ -18,6 +18,9 @@ HANDOFF_PREFIX = "transfer_to_"
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """Per agent: the model (default RUNCAST_MODEL), its temperature, and the turns a run may take before it ends with
+    ERROR `max_turns_exceeded`."""
+
     model: str | None = None
     temperature: float | None = None
     max_turns: int = 10
@@ -36,6 +39,7 @@ class Tool:
     timeout_s: float = 30.0
 
     def spec(self) -> ToolSpec:
+        """The tool as the model sees it: name, description, JSON schema of `args_model`."""
         return ToolSpec(self.name, self.description, self.args_model.model_json_schema())
 
 
@@ -57,6 +61,7 @@ class Agent:
     provider: ModelProvider | None = None
 
     def tool(self, name: str) -> Tool | None:
+        """This agent's tool called `name`, if any."""
         return next((t for t in self.tools if t.name == name), None)
 
     def tool_specs(self) -> list[ToolSpec]:

@@ -18,7 +18,7 @@ def bearer(authorization: str | None) -> str | None:
     return None
 
 
-def valid_run_id(run_id: Annotated[str, Path(max_length=64)]) -> str:
+def valid_run_id(run_id: Annotated[str, Path(max_length=64, description="`run_id` from `POST /v1/runs`")]) -> str:
     try:
         return check_run_id(run_id)
     except BadRunId as exc:
@@ -28,8 +28,8 @@ def valid_run_id(run_id: Annotated[str, Path(max_length=64)]) -> str:
 def readable_run(
     run_id: Annotated[str, Depends(valid_run_id)],
     state: Annotated[GatewayState, Depends(get_state)],
-    token: Annotated[str | None, Query(max_length=512, description="the run's subscribe token")] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    token: Annotated[str | None, Query(max_length=512, description="the run's token")] = None,
+    authorization: Annotated[str | None, Header(description="`Bearer <run token>`, instead of `?token=`")] = None,
 ) -> str:
     """The run id, once the caller has shown that run's token (query or bearer header)."""
     try:
@@ -54,7 +54,9 @@ def verify_with_any(secrets: list[bytes], token: str | None, run_id: str) -> Non
 
 def require_api_key(
     state: Annotated[GatewayState, Depends(get_state)],
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <API key>`, required when RUNCAST_API_KEYS is set")
+    ] = None,
 ) -> str | None:
     """When RUNCAST_API_KEYS is set, creating and cancelling runs needs one of them as a bearer token."""
     keys = state.settings.api_keys
@@ -81,3 +83,18 @@ def resume_id(
     except BadEntryId as exc:
         raise HTTPException(400, f"bad Last-Event-ID: {exc}") from None
     return value
+
+
+def cancellable_run(
+    run_id: Annotated[str, Depends(valid_run_id)],
+    state: Annotated[GatewayState, Depends(get_state)],
+    token: Annotated[str | None, Query(max_length=512, description="the run's token, when no API keys are set")] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <API key>` when RUNCAST_API_KEYS is set, else `Bearer <run token>`")
+    ] = None,
+) -> str:
+    """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
+    if state.settings.api_keys:
+        require_api_key(state, authorization)
+        return run_id
+    return readable_run(run_id, state, token, authorization)

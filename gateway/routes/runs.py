@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, HTTPException, Request
 
-from runcast.gateway.guards.auth import readable_run, require_api_key, valid_run_id
-from runcast.gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
+from runcast.gateway.guards.auth import cancellable_run, readable_run, require_api_key
+from runcast.gateway.schemas import (
+    READ_ERRORS,
+    AgentInfo,
+    CancelResponse,
+    CreateRunRequest,
+    CreateRunResponse,
+    RunResult,
+    RunStatus,
+    error_responses,
+)
 from runcast.gateway.state import GatewayState, get_state
 from runcast.shared.ids import new_run_id
 from runcast.shared.keys import AGENTS_KEY
@@ -18,25 +26,40 @@ from runcast.shared.tokens import issue_token
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404)}
 
-
-@router.get("/agents", response_model=list[AgentInfo])
+@router.get(
+    "/agents",
+    summary="List the agents",
+    response_description="one entry per agent, by name",
+    response_model=list[AgentInfo],
+    responses=error_responses(503),
+)
 async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> list[AgentInfo]:
+    """The agents the running workers serve (each worker registers its registry when it starts), by name."""
     agents = await state.redis.hgetall(AGENTS_KEY)
     return [AgentInfo(name=name, description=text) for name, text in sorted(agents.items())]
 
 
 @router.post(
     "/runs",
+    summary="Start a run",
     status_code=202,
+    response_description="the run is queued; follow it with `events_url` or `ws_url` and `token`",
     response_model=CreateRunResponse,
-    responses={**_ERRORS, 413: {"model": ErrorBody}},
+    responses=error_responses(
+        (401, "RUNCAST_API_KEYS is set and no valid key was sent as `Authorization: Bearer KEY`"),
+        (404, "no worker serves this agent"),
+        (413, "input over RUNCAST_MAX_INPUT_BYTES, or body over RUNCAST_MAX_BODY_BYTES"),
+        (429, "this API key created RUNCAST_CREATE_RATE_LIMIT runs in the current window: retry after `Retry-After`"),
+        503,
+    ),
     dependencies=[Depends(require_api_key)],
 )
 async def create_run(
     body: CreateRunRequest, request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> CreateRunResponse:
+    """Queue a run of `agent` on `input`. The answer carries the run's id, its read token and the URLs to follow it;
+    the run's events exist from the moment a worker takes it (status `queued`, then `running`)."""
     settings = state.settings
     size = len(body.input.encode())
     if size > settings.max_input_bytes:
@@ -64,10 +87,18 @@ async def load_meta(state: GatewayState, run_id: str) -> dict[str, str]:
     return meta
 
 
-@router.get("/runs/{run_id}", name="run_status", response_model=RunStatus, responses=_ERRORS)
+@router.get(
+    "/runs/{run_id}",
+    name="run_status",
+    summary="A run's status",
+    response_description="the run's status",
+    response_model=RunStatus,
+    responses=READ_ERRORS,
+)
 async def run_status(
     run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
 ) -> RunStatus:
+    """`queued`, `running`, then `completed`, `failed` or `cancelled`, with the id of the run's last event."""
     meta = await load_meta(state, run_id)
     return RunStatus(
         run_id=run_id,
@@ -79,10 +110,17 @@ async def run_status(
     )
 
 
-@router.get("/runs/{run_id}/result", response_model=RunResult, responses={**_ERRORS, 409: {"model": ErrorBody}})
+@router.get(
+    "/runs/{run_id}/result",
+    summary="A finished run's result",
+    response_description="the run has ended: its result",
+    response_model=RunResult,
+    responses={**READ_ERRORS, **error_responses((409, "the run has not ended yet"))},
+)
 async def run_result(
     run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
 ) -> RunResult:
+    """Every event of the run folded into one value: the final text, tool calls and results, metadata, error."""
     meta = await load_meta(state, run_id)
     if meta.get("status") not in TERMINAL_STATUSES:
         raise HTTPException(409, f"run is still {meta.get('status')}; the result exists once it ends")
@@ -91,29 +129,19 @@ async def run_result(
     return RunResult(**buffer.to_dict())
 
 
-class CancelResponse(BaseModel):
-    run_id: str
-    status: str
-
-
-def cancellable_run(
-    run_id: Annotated[str, Depends(valid_run_id)],
-    state: Annotated[GatewayState, Depends(get_state)],
-    token: Annotated[str | None, Query(max_length=512, description="the run token, when no API keys are set")] = None,
-    authorization: Annotated[str | None, Header()] = None,
-) -> str:
-    """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
-    if state.settings.api_keys:
-        require_api_key(state, authorization)
-        return run_id
-    return readable_run(run_id, state, token, authorization)
-
-
 @router.post(
     "/runs/{run_id}/cancel",
+    summary="Cancel a run",
     status_code=202,
+    response_description="the run is cancelled (now, or already before)",
     response_model=CancelResponse,
-    responses={**_ERRORS, 409: {"model": ErrorBody}},
+    responses={
+        **READ_ERRORS,
+        **error_responses(
+            (401, "RUNCAST_API_KEYS is set and no valid key was sent (else: missing, forged or expired token)"),
+            (409, "the run had already completed or failed"),
+        ),
+    },
 )
 async def cancel_run(
     run_id: Annotated[str, Depends(cancellable_run)], state: Annotated[GatewayState, Depends(get_state)]
