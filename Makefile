@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+NODE_STAMP := tests/node/node_modules/.package-lock.json
 
 .PHONY: demo test lint docs bench soak venv clean
 
@@ -14,12 +15,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The Vercel AI SDK tests' npm packages (tests/node), as locked; without npm those tests are skipped, loudly.
+$(NODE_STAMP): tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; \
+	else echo "npm not found: tests/test_ai_sdk.py will be skipped"; fi
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/runcast demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

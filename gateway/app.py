@@ -12,17 +12,19 @@ from typing import Annotated
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from runcast.gateway.conversations import ConversationBusy, conversation_busy
 from runcast.gateway.guards.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
 from runcast.gateway.guards.redact import install_token_redaction
 from runcast.gateway.hub.fanout import Hub
 from runcast.gateway.hub.feed import DirectFeed, EventFeed
-from runcast.gateway.routes import events, runs
+from runcast.gateway.routes import chat, conversations, events, runs
 from runcast.gateway.schemas import Health, Readiness
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
@@ -81,6 +83,8 @@ def create_app(
     )
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(conversations.router)
+    app.include_router(chat.router)
     install_guards(app, settings)
 
     @app.get(
@@ -136,9 +140,20 @@ def install_guards(app: FastAPI, settings: Settings | None) -> None:
     """Limits, Redis-outage answers and token redaction (README "Reliability" and "Security")."""
     app.add_middleware(ViewerLimit)
     app.add_middleware(CreateRateLimit)
-    app.add_middleware(BodySizeLimit, max_bytes=(settings or get_settings()).max_body_bytes)
+    conf = settings or get_settings()
+    app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
+    if conf.cors_origins:  # outermost, so refusals (401, 413, 429, ...) reach a cross-origin page readable too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=conf.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["x-runcast-run-id", "x-runcast-run-token", "x-vercel-ai-ui-message-stream"],
+            max_age=600,
+        )
     app.add_exception_handler(RedisError, redis_unavailable)
     app.add_exception_handler(UnicodeEncodeError, not_unicode)
+    app.add_exception_handler(ConversationBusy, conversation_busy)
     install_token_redaction()
 
 

@@ -7,9 +7,46 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from runcast.shared.conversations import CONVERSATION_ID_RE
 
 RunStatusName = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=256)
+    arguments: str = Field("", description="the call's arguments as a JSON string")
+
+
+class ToolCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=256)
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class HistoryMessage(BaseModel):
+    """One earlier message of the conversation, in the shape of OpenAI's chat messages."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant", "tool"]
+    content: str = ""
+    tool_calls: list[ToolCall] = Field(default_factory=list, description="assistant messages: the calls it made")
+    tool_call_id: str | None = Field(None, max_length=256, description="tool messages: the call this answers")
+    name: str | None = Field(None, max_length=256, description="tool messages: the tool's name")
+
+    @model_validator(mode="after")
+    def _shape(self) -> HistoryMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if (self.role == "tool") != (self.tool_call_id is not None):
+            raise ValueError("tool messages, and only they, need a tool_call_id")
+        return self
 
 
 class CreateRunRequest(BaseModel):
@@ -20,6 +57,24 @@ class CreateRunRequest(BaseModel):
         examples=["Hello from runcast"], description="the user's message; at most RUNCAST_MAX_INPUT_BYTES (UTF-8)"
     )
     metadata: dict[str, Any] | None = Field(None, description="any JSON object, stored with the run")
+    messages: list[HistoryMessage] | None = Field(
+        None,
+        description="prior messages the agent sees before `input` (at most RUNCAST_MAX_HISTORY_MESSAGES messages and "
+        "RUNCAST_MAX_HISTORY_BYTES bytes of JSON, else 413); not together with `conversation_id`",
+    )
+    conversation_id: str | None = Field(
+        None,
+        pattern=CONVERSATION_ID_RE.pattern,
+        examples=["support-chat-42"],
+        description="continue this conversation: the agent sees its history, and the run's input and final answer "
+        "are added to it when the run completes. One active run per conversation (409 otherwise)",
+    )
+
+    @model_validator(mode="after")
+    def _one_history(self) -> CreateRunRequest:
+        if self.messages is not None and self.conversation_id is not None:
+            raise ValueError("give either messages or conversation_id, not both")
+        return self
 
 
 class CreateRunResponse(BaseModel):
@@ -37,6 +92,7 @@ class RunStatus(BaseModel):
     created_at: float = Field(description="Unix time")
     updated_at: float = Field(description="Unix time of the last event")
     last_event_id: str | None = Field(description="the stream entry id of the last event, if any")
+    conversation_id: str | None = Field(None, description="the conversation this run continues, if any")
 
 
 class RunResult(BaseModel):
@@ -92,3 +148,17 @@ def error_responses(*entries: int | tuple[int, str]) -> dict[int | str, dict[str
 
 READ_ERRORS = error_responses(400, 401, 403, 404, 503)
 """The error answers of every route that reads one run with its token."""
+
+
+class ConflictBody(BaseModel):
+    detail: str
+    active_run_id: str | None = Field(None, description="the run that holds the conversation")
+
+
+class ConversationOut(BaseModel):
+    conversation_id: str
+    messages: list[dict[str, Any]] = Field(description="the history, oldest first (role, content, ...)")
+    active_run_id: str | None = Field(description="the conversation's queued or running run, if any")
+    pending_message: dict[str, Any] | None = Field(
+        None, description="the user message the active run answers; it joins `messages` when the run completes"
+    )

@@ -75,7 +75,10 @@ class RunNotFound(RuncastError):
 
 
 class ConflictError(RuncastError):
-    """409: e.g. the result of a run that is still going."""
+    """409: e.g. the result of a run that is still going, or a conversation that has an active run
+    (`active_run_id`)."""
+
+    active_run_id: str | None = None
 
 
 class GatewayUnavailable(RuncastError):
@@ -116,7 +119,13 @@ async def _raise_for_status(response: httpx.Response) -> None:
         return
     if not response.is_closed:
         await response.aread()
-    raise error_for(response.status_code, _detail(response))
+    error = error_for(response.status_code, _detail(response))
+    if isinstance(error, ConflictError):
+        try:
+            error.active_run_id = response.json().get("active_run_id")
+        except (ValueError, AttributeError):
+            pass
+    raise error
 
 
 @dataclass(frozen=True)
@@ -341,14 +350,32 @@ class AsyncClient:
         """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
         return (await self._request("GET", "/v1/agents")).json()
 
-    async def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
-        """Start a run of `agent` on `input`; the handle carries its id and read token. `RunNotFound` for an unknown
-        agent."""
+    async def create_run(
+        self,
+        agent: str,
+        input: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        conversation_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> RunHandle:
+        """Start a run. `conversation_id`: continue that conversation (the agent sees its history; the run's turn is
+        added when it completes; ConflictError with `active_run_id` while another run of it is going). `messages`:
+        prior messages (`{"role": "user" | "assistant" | "tool", "content": ...}`) for this run alone.
+        `RunNotFound` for an unknown agent."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
             body["metadata"] = metadata
+        if conversation_id is not None:
+            body["conversation_id"] = conversation_id
+        if messages is not None:
+            body["messages"] = messages
         data = (await self._request("POST", "/v1/runs", json=body, headers=self._key_headers())).json()
         return RunHandle(**{name: data[name] for name in RunHandle.__dataclass_fields__})
+
+    async def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """`{"conversation_id", "messages", "active_run_id"}`: the history runcast keeps (API key when keys are set)."""
+        return (await self._request("GET", f"/v1/conversations/{conversation_id}", headers=self._key_headers())).json()
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> RunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event."""

@@ -27,6 +27,11 @@ class Settings(BaseSettings):
         description="older secrets still accepted when checking tokens (comma-separated), for zero-downtime rotation",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins (comma-separated, e.g. https://app.example.com) allowed to call the gateway "
+        "from another origin, e.g. useChat in a web app; empty: same-origin only",
+    )
     stream_maxlen: int = Field(10_000, ge=1)
     retention_s: int = Field(86_400, ge=1)
     agents: str = "runcast.worker.agents:default_registry"
@@ -80,7 +85,18 @@ class Settings(BaseSettings):
         256 * 1024, ge=1, description="request bodies over this are refused with 413 before they are read"
     )
 
-    @field_validator("api_keys", "secret_previous", mode="before")
+    # Conversations (docs/chat.md).
+    max_history_messages: int = Field(
+        200, ge=1, description="most prior messages a run may be given; a conversation keeps its last this many"
+    )
+    max_history_bytes: int = Field(
+        128 * 1024, ge=1, description="largest prior-message history a request may carry (JSON bytes); past it: 413"
+    )
+    conversation_ttl_s: int = Field(
+        7 * 86_400, ge=1, description="a conversation's history expires this long after its last run started or ended"
+    )
+
+    @field_validator("api_keys", "secret_previous", "cors_origins", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         """Lists come from the environment comma-separated (`RUNCAST_API_KEYS=k1,k2`)."""

@@ -105,8 +105,14 @@ class StreamLog:
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
-        self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        agent: str,
+        input_text: str,
+        metadata: dict[str, Any] | None = None,
+        extra: dict[str, str] | None = None,
     ) -> None:
+        """`extra`: more meta fields (e.g. `conversation_id`, `history`: see `runcast.shared.conversations`)."""
         now = _now()
         fields = {
             "agent": agent,
@@ -116,6 +122,7 @@ class StreamLog:
             "last_event_id": "",
             "input": input_text,
             "metadata": json.dumps(metadata or {}),
+            **(extra or {}),
         }
         await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
 

@@ -58,9 +58,22 @@ class Client:
         """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
         return self._runner.run(self._async.agents())
 
-    def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
-        """Start a run of `agent` on `input`; the handle carries its id and read token."""
-        return self._runner.run(self._async.create_run(agent, input, metadata))
+    def create_run(
+        self,
+        agent: str,
+        input: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        conversation_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+    ) -> RunHandle:
+        """See `AsyncClient.create_run`."""
+        run = self._async.create_run(agent, input, metadata, conversation_id=conversation_id, messages=messages)
+        return self._runner.run(run)
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """See `AsyncClient.conversation`."""
+        return self._runner.run(self._async.conversation(conversation_id))
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> SyncRunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event; it

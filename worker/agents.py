@@ -122,6 +122,14 @@ default_registry: dict[str, Agent] = {
         handoffs=("demo",),
         description="hands the conversation off to demo",
     ),
+    "chat": Agent(
+        name="chat",
+        instructions=(
+            "You are a friendly assistant in a conversation. Start each answer by saying how many earlier messages "
+            "of this conversation you can see and what the user said before, then answer."
+        ),
+        description="remembers the conversation: says how many earlier messages it sees and what you said before",
+    ),
 }
 
 

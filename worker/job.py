@@ -18,12 +18,14 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from runcast.shared.conversations import ConversationStore
 from runcast.shared.keys import meta_key
 from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
 from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
 from runcast.worker.agents import Agent
+from runcast.worker.conversation import end_turn, run_history
 from runcast.worker.heartbeat import run_heartbeat
-from runcast.worker.providers.base import ModelProvider
+from runcast.worker.providers.base import Message, ModelProvider
 from runcast.worker.publisher import publish_events
 from runcast.worker.runner import run_agent_events
 
@@ -41,6 +43,7 @@ class WorkerState:
     registry: Mapping[str, Agent]
     provider: ModelProvider
     chunking: StreamConfig = field(default_factory=StreamConfig)
+    conversations: ConversationStore | None = None  # None: limits from the environment (worker/conversation.py)
 
     def chunking_for(self, agent_name: str) -> StreamConfig:
         agent = self.registry.get(agent_name)
@@ -65,8 +68,9 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
+        history = await run_history(state, meta)
         async with run_heartbeat(stream_log, run_id):
-            await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
+            await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""), history)
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:
@@ -78,13 +82,18 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         log.exception("run %s failed", run_id)
         with contextlib.suppress(RunEnded, UnknownRun):
             await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    await end_turn(state, run_id, meta)
     final = await stream_log.get_meta(run_id)
     return (final or {}).get("status", "unknown")
 
 
-async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str, input_text: str) -> None:
+async def _run_until_done_or_ended(
+    state: WorkerState, agent: Agent, run_id: str, input_text: str, history: list[Message]
+) -> None:
     """Publish the agent's events; stop it within CANCEL_POLL_S once the run has been ended from outside."""
-    events = run_agent_events(agent, input_text, state.provider, registry=state.registry, run_id=run_id)
+    events = run_agent_events(
+        agent, input_text, state.provider, registry=state.registry, run_id=run_id, history=history
+    )
     publisher = asyncio.create_task(
         publish_events(events, state.stream_log, run_id, state.chunking_for(agent.name), state.chunking_for),
         name=f"publish:{run_id}",

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, HTTPException, Path, Query, Request
 
 from runcast.gateway.state import GatewayState, get_state
 from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
-from runcast.shared.tokens import TokenError, TokenInvalid, verify_token
+from runcast.shared.tokens import TokenError, TokenInvalid, TokenWrongRun, verify_token
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -63,11 +63,43 @@ def require_api_key(
     if not keys:
         return None
     given = bearer(authorization)
-    if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+    if not is_api_key(given, keys):
         raise HTTPException(
             401, "a valid API key is required: Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"}
         )
     return given
+
+
+def is_api_key(given: str | None, keys: list[str]) -> bool:
+    return given is not None and any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
+
+
+def chat_subject(agent: str, chat_id: str) -> str:
+    """What a per-chat token names: one agent's chat (never a run id, which is 32 hex characters)."""
+    return f"chat:{agent}:{chat_id}"
+
+
+def check_chat_access(
+    state: GatewayState, agent: str, chat_id: str, token: str | None, authorization: str | None
+) -> None:
+    """A chat (`/v1/chat/...`) is open when RUNCAST_API_KEYS is not set, like creating runs. Otherwise it takes an
+    API key (a backend) or the chat's own token (a browser; `POST /v1/chat/{agent}/{chat_id}/token`), as a bearer
+    header or `?token=`."""
+    keys = state.settings.api_keys
+    given = token or bearer(authorization)
+    if not keys or is_api_key(given, keys):
+        return
+    if given is None:
+        raise HTTPException(
+            401,
+            "this chat needs an API key or its chat token: Authorization: Bearer ...",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        verify_with_any(state.settings.verify_secrets(), given, chat_subject(agent, chat_id))
+    except TokenError as exc:
+        detail = "token is for another chat" if isinstance(exc, TokenWrongRun) else str(exc)
+        raise HTTPException(exc.status_code, detail, headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 def resume_id(

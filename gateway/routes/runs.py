@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
+from runcast.gateway import conversations
 from runcast.gateway.guards.auth import cancellable_run, readable_run, require_api_key
 from runcast.gateway.schemas import (
     READ_ERRORS,
     AgentInfo,
     CancelResponse,
+    ConflictBody,
     CreateRunRequest,
     CreateRunResponse,
+    HistoryMessage,
     RunResult,
     RunStatus,
     error_responses,
 )
 from runcast.gateway.state import GatewayState, get_state
+from runcast.shared.conversations import META_CONVERSATION_ID, run_meta_fields
 from runcast.shared.ids import new_run_id
 from runcast.shared.keys import AGENTS_KEY
+from runcast.shared.settings import Settings
 from runcast.shared.streaming import StreamingBuffer, StreamingEvent
 from runcast.shared.streamlog import TERMINAL_STATUSES
 from runcast.shared.tokens import issue_token
@@ -40,36 +46,101 @@ async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> lis
     return [AgentInfo(name=name, description=text) for name, text in sorted(agents.items())]
 
 
+def check_input(settings: Settings, text: str) -> None:
+    size = len(text.encode())
+    if size > settings.max_input_bytes:
+        raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
+
+
+async def check_agent(state: GatewayState, agent: str) -> None:
+    if not await state.redis.hexists(AGENTS_KEY, agent):
+        known = sorted(await state.redis.hkeys(AGENTS_KEY))
+        raise HTTPException(404, f"unknown agent {agent!r}; known agents: {', '.join(known) or 'none'}")
+
+
+def check_history(settings: Settings, messages: list[HistoryMessage] | None) -> list[dict[str, Any]]:
+    """The prior messages as stored: within the limits (else 413), every tool result answering an earlier call."""
+    if not messages:
+        return []
+    if len(messages) > settings.max_history_messages:
+        raise HTTPException(
+            413, f"{len(messages)} prior messages; the limit is {settings.max_history_messages} (keep the newest)"
+        )
+    history = [{k: v for k, v in m.model_dump(exclude_none=True).items() if v != []} for m in messages]
+    size = len(json.dumps(history, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > settings.max_history_bytes:
+        raise HTTPException(413, f"prior messages are {size} bytes; the limit is {settings.max_history_bytes}")
+    calls: set[str] = set()
+    for n, message in enumerate(messages):
+        calls.update(call.id for call in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise HTTPException(
+                422,
+                f"messages[{n}] answers tool call {message.tool_call_id!r}, which no earlier assistant message made",
+            )
+    return history
+
+
+async def start_run(
+    state: GatewayState,
+    agent: str,
+    input_text: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    conversation_id: str | None = None,
+    plan: conversations.Plan | None = None,
+    history: list[dict[str, Any]] | None = None,
+    input_id: str | None = None,
+) -> str:
+    """Claim the conversation (if any), create the run and enqueue its job; the run id. Nothing is created when
+    the claim fails (409), and the conversation is released again when creating the run fails."""
+    run_id = new_run_id()
+    if conversation_id is not None:
+        await conversations.claim(state, conversation_id, run_id, plan)
+    try:
+        fields = run_meta_fields(conversation_id, history, input_id)
+        await state.stream_log.create_run(run_id, agent, input_text, metadata, fields)
+        await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
+    except BaseException:
+        if conversation_id is not None:
+            await conversations.release(state, conversation_id, run_id)
+        raise
+    return run_id
+
+
 @router.post(
     "/runs",
     summary="Start a run",
     status_code=202,
     response_description="the run is queued; follow it with `events_url` or `ws_url` and `token`",
     response_model=CreateRunResponse,
-    responses=error_responses(
-        (401, "RUNCAST_API_KEYS is set and no valid key was sent as `Authorization: Bearer KEY`"),
-        (404, "no worker serves this agent"),
-        (413, "input over RUNCAST_MAX_INPUT_BYTES, or body over RUNCAST_MAX_BODY_BYTES"),
-        (429, "this API key created RUNCAST_CREATE_RATE_LIMIT runs in the current window: retry after `Retry-After`"),
-        503,
-    ),
+    responses={
+        **error_responses(
+            (401, "RUNCAST_API_KEYS is set and no valid key was sent as `Authorization: Bearer KEY`"),
+            (404, "no worker serves this agent"),
+            (413, "input over RUNCAST_MAX_INPUT_BYTES, history over its limits, or body over RUNCAST_MAX_BODY_BYTES"),
+            (422, "a malformed body, or both `messages` and `conversation_id`"),
+            (429, "this API key created RUNCAST_CREATE_RATE_LIMIT runs in this window: retry after `Retry-After`"),
+            503,
+        ),
+        409: {"model": ConflictBody, "description": "the conversation has an active run (`active_run_id`)"},
+    },
     dependencies=[Depends(require_api_key)],
 )
 async def create_run(
     body: CreateRunRequest, request: Request, state: Annotated[GatewayState, Depends(get_state)]
 ) -> CreateRunResponse:
-    """Queue a run of `agent` on `input`. The answer carries the run's id, its read token and the URLs to follow it;
-    the run's events exist from the moment a worker takes it (status `queued`, then `running`)."""
+    """Start a run of `agent` on `input`. With `messages` the agent first sees those prior messages; with
+    `conversation_id` it sees the conversation's history, and the run's input and final answer join it when the run
+    completes. A conversation has one active run at a time: 409 with `active_run_id` while one is queued or running.
+    """
     settings = state.settings
-    size = len(body.input.encode())
-    if size > settings.max_input_bytes:
-        raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
-    if not await state.redis.hexists(AGENTS_KEY, body.agent):
-        known = sorted(await state.redis.hkeys(AGENTS_KEY))
-        raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
-    run_id = new_run_id()
-    await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
-    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    check_input(settings, body.input)
+    history = check_history(settings, body.messages)
+    await check_agent(state, body.agent)
+    run_id = await start_run(
+        state, body.agent, body.input, metadata=body.metadata, conversation_id=body.conversation_id, history=history
+    )
     events_url = str(request.url_for("run_events", run_id=run_id))
     return CreateRunResponse(
         run_id=run_id,
@@ -107,6 +178,7 @@ async def run_status(
         created_at=float(meta.get("created_at") or 0),
         updated_at=float(meta.get("updated_at") or 0),
         last_event_id=meta.get("last_event_id") or None,
+        conversation_id=meta.get(META_CONVERSATION_ID) or None,
     )
 
 
