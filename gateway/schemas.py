@@ -15,6 +15,11 @@ class CreateRunRequest(BaseModel):
     agent: str = Field(min_length=1, max_length=128, examples=["echo"])
     input: str = Field(examples=["Hello from runcast"])
     metadata: dict[str, Any] | None = None
+    external: bool = Field(
+        False,
+        description="the run's events come from a producer outside runcast's workers (the publish API): no worker "
+        "runs it, and `agent` is only its label (it need not be registered by a worker)",
+    )
 
 
 class CreateRunResponse(BaseModel):

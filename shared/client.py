@@ -337,10 +337,15 @@ class AsyncClient:
     async def agents(self) -> list[dict[str, str]]:
         return (await self._request("GET", "/v1/agents")).json()
 
-    async def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
+    async def create_run(
+        self, agent: str, input: str, metadata: dict[str, Any] | None = None, *, external: bool = False
+    ) -> RunHandle:
+        """Create a run (`external=True`: published by your own producer through `runcast.publisher`)."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
             body["metadata"] = metadata
+        if external:
+            body["external"] = True
         data = (await self._request("POST", "/v1/runs", json=body, headers=self._key_headers())).json()
         return RunHandle(**{name: data[name] for name in RunHandle.__dataclass_fields__})
 

@@ -105,8 +105,16 @@ class StreamLog:
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
-        self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        agent: str,
+        input_text: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        external: bool = False,
     ) -> None:
+        """A queued run. `external`: its events come from a producer outside runcast's workers (the publish API,
+        `runcast.publisher`), which claims it; no worker runs it."""
         now = _now()
         fields = {
             "agent": agent,
@@ -117,6 +125,8 @@ class StreamLog:
             "input": input_text,
             "metadata": json.dumps(metadata or {}),
         }
+        if external:
+            fields["external"] = "1"
         await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
 
     async def append(self, run_id: str, event: StreamingEvent) -> str:

@@ -55,8 +55,10 @@ class Client:
     def agents(self) -> list[dict[str, str]]:
         return self._runner.run(self._async.agents())
 
-    def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
-        return self._runner.run(self._async.create_run(agent, input, metadata))
+    def create_run(
+        self, agent: str, input: str, metadata: dict[str, Any] | None = None, *, external: bool = False
+    ) -> RunHandle:
+        return self._runner.run(self._async.create_run(agent, input, metadata, external=external))
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> SyncRunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event; it

@@ -143,7 +143,7 @@ def check_runnable(name: str, agent: object) -> RunnableAgent:
     missing = [attr for attr in ("name", "description", "chunking", "stream") if not hasattr(agent, attr)]
     if missing or not callable(getattr(agent, "stream", None)):
         raise TypeError(
-            f"registry entry {name!r} is a {type(agent).__name__}, not a runnable agent (missing: "
+            f"registry entry {name!r} ({type(agent).__name__}) is not a runnable agent (missing: "
             f"{', '.join(missing) or 'a callable stream'}); use runcast.Agent or an adapter such as from_jaf(...)"
         )
     return agent  # type: ignore[return-value]

@@ -41,12 +41,13 @@ async def create_run(
     size = len(body.input.encode())
     if size > settings.max_input_bytes:
         raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
-    if not await state.redis.hexists(AGENTS_KEY, body.agent):
+    if not body.external and not await state.redis.hexists(AGENTS_KEY, body.agent):
         known = sorted(await state.redis.hkeys(AGENTS_KEY))
         raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
     run_id = new_run_id()
-    await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
-    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata, external=body.external)
+    if not body.external:  # an external producer publishes it (runcast.publisher): never a worker's job
+        await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
     events_url = str(request.url_for("run_events", run_id=run_id))
     return CreateRunResponse(
         run_id=run_id,

@@ -14,11 +14,11 @@ from typing import Any
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # jaf imports litellm: no cost-map download offline
 
-from jaf import Agent as JafAgent  # noqa: E402
-from jaf import create_function_tool  # noqa: E402
-from jaf.core.engine import run as jaf_run  # noqa: E402
-from jaf.core.handoff import handoff_tool  # noqa: E402
-from jaf.core.types import (  # noqa: E402
+from jaf import Agent as JafAgent
+from jaf import create_function_tool
+from jaf.core.engine import run as jaf_run
+from jaf.core.handoff import handoff_tool
+from jaf.core.types import (
     CompletionStreamChunk,
     ContentRole,
     Message,
@@ -30,11 +30,11 @@ from jaf.core.types import (  # noqa: E402
     ToolCallFunctionDelta,
     TraceId,
 )
-from pydantic import BaseModel  # noqa: E402
+from pydantic import BaseModel
 
-from runcast.worker.adapters import from_jaf  # noqa: E402
-from runcast.worker.agents import default_registry  # noqa: E402
-from tests.support.scripted_model import (  # noqa: E402
+from runcast.worker.adapters import from_jaf
+from runcast.worker.agents import default_registry
+from tests.support.scripted_model import (
     DELTAS,
     FIRST_AGENT,
     HANDOFF_REASON,
