@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench soak venv clean
+.PHONY: demo test lint bench bench-frameworks soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+bench-frameworks: $(STAMP)
+	$(BIN)/python -m bench.frameworks $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

@@ -1,7 +1,7 @@
 """The scripted model behind every framework adapter's tests: one plan, whatever framework's fake model speaks it.
 
 A run's prompt carries its script (`prompt(...)`): the first agent calls the `lookup_order` tool, then hands off
-to the second agent, which streams `DELTAS` (100 pieces) with `pause_ms` between them. With `gate`, the model
+to the second agent, which streams `DELTAS` (100 pieces), `pause_ms` before each. With `gate`, the model
 stops after the first delta until the test opens the gate (`open_gate`): what viewers see before that was
 published while the model was still producing, i.e. token by token, not sliced after the run. With `fail`, the
 model raises `ScriptedFailure` carrying the marker. Every fake model (a jaf provider, a PydanticAI FunctionModel,
@@ -107,7 +107,8 @@ async def model_stopped(client: redis.asyncio.Redis, key: str) -> dict | None:
 
 
 async def text_deltas(script: Script) -> AsyncIterator[str]:
-    """`DELTAS` as the model produces them: the first at once; then the gate (if any); then one per pause.
+    """`DELTAS` as the model produces them, `pause_ms` before each; with a gate, the model waits there after the
+    first delta (before the second one's pause).
 
     Stopped before the end (the task cancelled, or the stream closed by the framework) it records when and after
     how many deltas, so a test can prove the framework's run really stopped.
@@ -117,7 +118,7 @@ async def text_deltas(script: Script) -> AsyncIterator[str]:
         for delta in DELTAS:
             if delivered == 1 and script.gate:
                 await _wait_at_gate(script.gate)
-            elif delivered and script.pause_ms:
+            if script.pause_ms:
                 await asyncio.sleep(script.pause_ms / 1000)
             yield delta
             delivered += 1
