@@ -8,7 +8,7 @@ which waits for the end of the run and slices the final text.
 
 | jaf event | runcast event |
 |---|---|
-| `LLMCallStartEvent` | (a new model turn; its model name goes into METADATA) |
+| `LLMCallStartEvent` | (a new model turn: turns and the agent's model in METADATA) |
 | `AssistantMessageEvent` (text so far) | CHUNK with the new text (nothing when only tool-call pieces changed) |
 | `LLMCallEndEvent` | usage -> tokens in METADATA; a turn that streamed nothing publishes its text as one CHUNK |
 | `ToolCallStartEvent`, `ToolCallEndEvent` | TOOL_CALL / TOOL_RESULT (the tool's own result; `failed` unless success) |
@@ -106,8 +106,11 @@ class JafAgent:
         self.user_on_event = on_event
         self.run_config = dict(run_config or {})
 
-    def model_name(self) -> str:
-        configured = self.agent.model_config.name if self.agent.model_config else None
+    def model_name(self, agent_name: str | None = None) -> str:
+        """The model an agent runs on, as jaf would pick it; else the provider's `model` or its class name (jaf's
+        own fallback, "gpt-4o", says nothing about a provider that ignores it)."""
+        agent = self.registry.get(agent_name or self.agent.name, self.agent)
+        configured = agent.model_config.name if agent.model_config else None
         return (
             configured
             or self.run_config.get("model_override")
@@ -137,7 +140,7 @@ class JafAgent:
             context=self.context(request) if callable(self.context) else _default(self.context, request),
             turn_count=0,
         )
-        translate = Translator(run, request.run_id)
+        translate = Translator(run, request.run_id, self.model_name)
         async with contextlib.aclosing(bridge.items(jaf_run(state, config))) as reported:  # type: ignore[type-var]
             async for jaf_event in reported:
                 for event in translate(jaf_event):
@@ -165,9 +168,10 @@ class JafAgent:
 class Translator:
     """jaf trace events of one run -> runcast events (stateful: turns, text so far, tool timing, sub-runs)."""
 
-    def __init__(self, run: RunEvents, run_id: str) -> None:
+    def __init__(self, run: RunEvents, run_id: str, model_for: Callable[[str], str]) -> None:
         self.run = run
         self.run_id = run_id
+        self.model_for = model_for
         self.text = TextSoFar()
         self.clock = ToolClock()
         self.sub_runs: set[str] = set()
@@ -200,7 +204,7 @@ class Translator:
     def _llm_call_start(self, data: Any) -> list[StreamingEvent]:
         self.run.new_turn()
         self.text.reset()
-        self.run.model_name = str(_field(data, "model") or self.run.model_name)
+        self.run.model_name = self.model_for(str(_field(data, "agent_name") or self.run.agent_name))
         return []
 
     def _assistant_message(self, data: Any) -> list[StreamingEvent]:
