@@ -75,10 +75,13 @@ def prompt(*, gate: str | None = None, pause_ms: int = 0, fail: str | None = Non
     return " ".join(parts)
 
 
-def next_step(agent_name: str, tool_results: int) -> Literal["tool", "handoff", "text"]:
-    """What the model does now: the first agent looks the order up, then hands off; the other one answers."""
-    if agent_name == FIRST_AGENT:
-        return "tool" if tool_results == 0 else "handoff"
+def next_step(agent_name: str, tool_results: int, *, handoffs: bool = True) -> Literal["tool", "handoff", "text"]:
+    """What the model does now: the first agent looks the order up, then hands off; the other one answers.
+    Without handoffs (a framework that has none) the first agent answers itself after the tool."""
+    if agent_name == FIRST_AGENT and tool_results == 0:
+        return "tool"
+    if agent_name == FIRST_AGENT and handoffs:
+        return "handoff"
     return "text"
 
 
@@ -106,29 +109,33 @@ async def model_stopped(client: redis.asyncio.Redis, key: str) -> dict | None:
     return json.loads(raw) if raw else None
 
 
-async def text_deltas(script: Script) -> AsyncIterator[str]:
+async def text_deltas(script: Script, redis_url: str | None = None) -> AsyncIterator[str]:
     """`DELTAS` as the model produces them, `pause_ms` before each; with a gate, the model waits there after the
     first delta (before the second one's pause).
 
     Stopped before the end (the task cancelled, or the stream closed by the framework) it records when and after
-    how many deltas, so a test can prove the framework's run really stopped.
+    how many deltas, so a test can prove the framework's run really stopped. The gate and the record use Redis at
+    `redis_url`, else RUNCAST_TEST_MODEL_REDIS_URL (a fake model server started by the test passes the test's URL).
     """
+    redis_url = redis_url or os.environ.get(MODEL_REDIS_ENV)
     delivered = 0
     try:
         for delta in DELTAS:
             if delivered == 1 and script.gate:
-                await _wait_at_gate(script.gate)
+                await _wait_at_gate(script.gate, redis_url)
             if script.pause_ms:
                 await asyncio.sleep(script.pause_ms / 1000)
             yield delta
             delivered += 1
     except (asyncio.CancelledError, GeneratorExit):
-        _record_stop(script.key, delivered)
+        _record_stop(script.key, delivered, redis_url)
         raise
 
 
-async def _wait_at_gate(gate: str) -> None:
-    client = redis.asyncio.Redis.from_url(os.environ[MODEL_REDIS_ENV])
+async def _wait_at_gate(gate: str, redis_url: str | None) -> None:
+    if redis_url is None:
+        raise RuntimeError(f"a gated script needs Redis: set {MODEL_REDIS_ENV} or pass redis_url")
+    client = redis.asyncio.Redis.from_url(redis_url)
     try:
         if await client.blpop([gate_key(gate)], timeout=GATE_TIMEOUT_S) is None:
             raise TimeoutError(f"the test never opened gate {gate}")
@@ -136,9 +143,8 @@ async def _wait_at_gate(gate: str) -> None:
         await client.aclose()
 
 
-def _record_stop(key: str, delivered: int) -> None:
+def _record_stop(key: str, delivered: int, url: str | None) -> None:
     record = {"at": time.time(), "delivered": delivered}
-    url = os.environ.get(MODEL_REDIS_ENV)
     if url is None:
         STOPPED_LOCALLY[key] = record
         return
