@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test lint docs bench soak venv clean
+.PHONY: demo test lint docs bench bench-frameworks soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,9 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+bench-frameworks: $(STAMP)
+	$(BIN)/python -m bench.frameworks $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

@@ -57,6 +57,11 @@ class CreateRunRequest(BaseModel):
         examples=["Hello from runcast"], description="the user's message; at most RUNCAST_MAX_INPUT_BYTES (UTF-8)"
     )
     metadata: dict[str, Any] | None = Field(None, description="any JSON object, stored with the run")
+    external: bool = Field(
+        False,
+        description="the run's events come from a producer outside runcast's workers (the publish API): no worker "
+        "runs it, and `agent` is only its label (it need not be registered by a worker)",
+    )
     messages: list[HistoryMessage] | None = Field(
         None,
         description="prior messages the agent sees before `input` (at most RUNCAST_MAX_HISTORY_MESSAGES messages and "
@@ -74,6 +79,8 @@ class CreateRunRequest(BaseModel):
     def _one_history(self) -> CreateRunRequest:
         if self.messages is not None and self.conversation_id is not None:
             raise ValueError("give either messages or conversation_id, not both")
+        if self.external and self.conversation_id is not None:
+            raise ValueError("an external run cannot continue a conversation (runcast's worker records its turns)")
         return self
 
 

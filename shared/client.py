@@ -358,10 +358,12 @@ class AsyncClient:
         *,
         conversation_id: str | None = None,
         messages: list[dict[str, Any]] | None = None,
+        external: bool = False,
     ) -> RunHandle:
         """Start a run. `conversation_id`: continue that conversation (the agent sees its history; the run's turn is
         added when it completes; ConflictError with `active_run_id` while another run of it is going). `messages`:
         prior messages (`{"role": "user" | "assistant" | "tool", "content": ...}`) for this run alone.
+        `external=True`: the run is published by your own producer through `runcast.publisher`, not a worker.
         `RunNotFound` for an unknown agent."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
@@ -370,6 +372,8 @@ class AsyncClient:
             body["conversation_id"] = conversation_id
         if messages is not None:
             body["messages"] = messages
+        if external:
+            body["external"] = True
         data = (await self._request("POST", "/v1/runs", json=body, headers=self._key_headers())).json()
         return RunHandle(**{name: data[name] for name in RunHandle.__dataclass_fields__})
 

@@ -111,8 +111,12 @@ class StreamLog:
         input_text: str,
         metadata: dict[str, Any] | None = None,
         extra: dict[str, str] | None = None,
+        *,
+        external: bool = False,
     ) -> None:
-        """`extra`: more meta fields (e.g. `conversation_id`, `history`: see `runcast.shared.conversations`)."""
+        """A queued run. `extra`: more meta fields (e.g. `conversation_id`, `history`: see
+        `runcast.shared.conversations`). `external`: its events come from a producer outside runcast's workers (the
+        publish API, `runcast.publisher`), which claims it; no worker runs it."""
         now = _now()
         fields = {
             "agent": agent,
@@ -124,6 +128,8 @@ class StreamLog:
             "metadata": json.dumps(metadata or {}),
             **(extra or {}),
         }
+        if external:
+            fields["external"] = "1"
         await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
 
     async def append(self, run_id: str, event: StreamingEvent) -> str:

@@ -66,9 +66,12 @@ class Client:
         *,
         conversation_id: str | None = None,
         messages: list[dict[str, Any]] | None = None,
+        external: bool = False,
     ) -> RunHandle:
         """See `AsyncClient.create_run`."""
-        run = self._async.create_run(agent, input, metadata, conversation_id=conversation_id, messages=messages)
+        run = self._async.create_run(
+            agent, input, metadata, conversation_id=conversation_id, messages=messages, external=external
+        )
         return self._runner.run(run)
 
     def conversation(self, conversation_id: str) -> dict[str, Any]:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runcast.shared.streaming import StreamConfig
+from runcast.shared.streaming import StreamConfig, StreamingEvent
 from runcast.worker.calculator import evaluate
 from runcast.worker.providers.base import ModelProvider, ToolSpec
+from runcast.worker.runnable import RunnableAgent, RunRequest, check_runnable
 
 HANDOFF_PREFIX = "transfer_to_"
 
@@ -83,6 +84,24 @@ class Agent:
             return tool_name[len(HANDOFF_PREFIX) :]
         return None
 
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+        """The RunnableAgent interface: runcast's own run loop (`runcast.worker.runner`) on the request."""
+        from runcast.worker.runner import run_agent_events  # the runner imports this module
+
+        provider = self.provider or request.provider
+        if provider is None:
+            raise ValueError(f"agent {self.name!r} has no model provider: the request brings none and it has none")
+        own = {name: agent for name, agent in request.registry.items() if isinstance(agent, Agent)}
+        return run_agent_events(
+            self,
+            request.input,
+            provider,
+            registry=own or {self.name: self},
+            run_id=request.run_id,
+            trace_id=request.trace_id,
+            history=list(request.history),
+        )
+
 
 class HandoffArgs(BaseModel):
     reason: str = Field("", description="why the conversation is handed over")
@@ -133,16 +152,26 @@ default_registry: dict[str, Agent] = {
 }
 
 
-def load_registry(spec: str) -> Mapping[str, Agent]:
-    """Load `module:attr`, a mapping of agent name -> Agent (RUNCAST_AGENTS)."""
+def load_registry(spec: str) -> Mapping[str, RunnableAgent]:
+    """Load `module:attr`, a mapping of agent name -> runnable agent (RUNCAST_AGENTS): runcast `Agent`s and
+    framework adapters (`from_jaf(...)`, ...) side by side."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"RUNCAST_AGENTS must be 'module:attr', got {spec!r}")
     registry = getattr(importlib.import_module(module_name), attr)
-    if not isinstance(registry, Mapping) or not all(isinstance(a, Agent) for a in registry.values()):
-        raise TypeError(f"{spec} is not a mapping of name -> Agent")
-    for agent in registry.values():
+    if not isinstance(registry, Mapping):
+        raise TypeError(f"{spec} is not a mapping of name -> agent")
+    for name, agent in registry.items():
+        check_runnable(name, agent)
+        if not isinstance(agent, Agent):
+            continue  # a framework's handoffs stay inside that framework
         missing = [target for target in agent.handoffs if target not in registry]
         if missing:
             raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(missing)}")
+        foreign = [target for target in agent.handoffs if not isinstance(registry[target], Agent)]
+        if foreign:
+            raise ValueError(
+                f"agent {agent.name!r} hands off to {', '.join(foreign)}, which runcast's run loop cannot continue "
+                "(a runcast Agent hands off to runcast Agents; a framework agent's handoffs stay in its framework)"
+            )
     return registry

@@ -91,16 +91,19 @@ async def start_run(
     plan: conversations.Plan | None = None,
     history: list[dict[str, Any]] | None = None,
     input_id: str | None = None,
+    external: bool = False,
 ) -> str:
     """Claim the conversation (if any), create the run and enqueue its job; the run id. Nothing is created when
-    the claim fails (409), and the conversation is released again when creating the run fails."""
+    the claim fails (409), and the conversation is released again when creating the run fails. An `external` run is
+    not enqueued: its own producer publishes it (`runcast.publisher`)."""
     run_id = new_run_id()
     if conversation_id is not None:
         await conversations.claim(state, conversation_id, run_id, plan)
     try:
         fields = run_meta_fields(conversation_id, history, input_id)
-        await state.stream_log.create_run(run_id, agent, input_text, metadata, fields)
-        await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
+        await state.stream_log.create_run(run_id, agent, input_text, metadata, fields, external=external)
+        if not external:
+            await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
     except BaseException:
         if conversation_id is not None:
             await conversations.release(state, conversation_id, run_id)
@@ -137,9 +140,16 @@ async def create_run(
     settings = state.settings
     check_input(settings, body.input)
     history = check_history(settings, body.messages)
-    await check_agent(state, body.agent)
+    if not body.external:  # an external producer's run: `agent` is only a label
+        await check_agent(state, body.agent)
     run_id = await start_run(
-        state, body.agent, body.input, metadata=body.metadata, conversation_id=body.conversation_id, history=history
+        state,
+        body.agent,
+        body.input,
+        metadata=body.metadata,
+        conversation_id=body.conversation_id,
+        history=history,
+        external=body.external,
     )
     events_url = str(request.url_for("run_events", run_id=run_id))
     return CreateRunResponse(
