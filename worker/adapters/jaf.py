@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from typing import Any
 
@@ -44,6 +45,9 @@ from runcast.worker.adapters.base import (
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest
 
+# jaf imports litellm, which fetches a model price list from GitHub at import unless told not to: a worker must not
+# stall on the network at start (offline: three retries, ~10 s). A user who wants the live list sets it to False.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 require_extra("jaf", framework="jaf-py", extra="jaf", package="jaf-py")
 
 from jaf.core.engine import run as jaf_run  # noqa: E402
