@@ -4,8 +4,6 @@ runcast events, history, node changes and handoffs, usage, cancel, errors, and t
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -17,13 +15,13 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from langgraph.types import interrupt
 
-from runcast.shared.streaming import StreamingEvent
 from runcast.worker.adapters import from_langgraph
 from runcast.worker.adapters.langgraph import LangGraphAgent
 from runcast.worker.agents import default_registry, load_registry
 from runcast.worker.providers.base import Message
-from runcast.worker.runnable import RunRequest, stream_run
+from runcast.worker.runnable import RunRequest
 from tests.support import langgraph_agents
+from tests.support.adapter_checks import cancel_after_chunks, collect, data, kinds, message_without, text_of
 from tests.support.langgraph_agents import HANDOFF_TOOL, ScriptedChatModel, build_graph, lookup_order
 from tests.support.scripted_model import (
     DELTAS,
@@ -36,22 +34,6 @@ from tests.support.scripted_model import (
     USAGE,
     prompt,
 )
-
-
-async def collect(agent: LangGraphAgent, text: str, **kwargs: Any) -> list[StreamingEvent]:
-    return [event async for event in stream_run(agent, text, **kwargs)]
-
-
-def kinds(events: list[StreamingEvent]) -> list[str]:
-    return [event.type.value for event in events]
-
-
-def data(event: StreamingEvent) -> dict[str, Any]:
-    return event.to_dict()["data"]
-
-
-def text_of(events: list[StreamingEvent]) -> str:
-    return "".join(data(e)["delta"] for e in events if e.type.value == "chunk")
 
 
 def node(model: Any) -> Any:
@@ -178,25 +160,7 @@ async def test_a_failed_tool_is_a_failed_tool_result():
 
 async def test_cancelling_the_task_that_iterates_the_stream_cancels_the_graphs_run_and_its_model_stream():
     """The worker stops a cancelled run by cancelling the task that iterates the agent's events."""
-    three_chunks = asyncio.Event()
-    chunks = 0
-
-    async def consume() -> None:
-        nonlocal chunks
-        async for event in stream_run(from_langgraph(build_graph()), prompt(pause_ms=20)):
-            chunks += event.type.value == "chunk"
-            if chunks == 3:
-                three_chunks.set()
-
-    STOPPED_LOCALLY.clear()
-    task = asyncio.create_task(consume())
-    await asyncio.wait_for(three_chunks.wait(), 30)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert 3 <= STOPPED_LOCALLY["ungated"]["delivered"] < len(DELTAS)
-    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    assert not pending, f"LangGraph's run is still going: {pending}"
+    await cancel_after_chunks(from_langgraph(build_graph()))
 
 
 async def test_closing_the_stream_early_stops_the_graph_before_close_returns():
@@ -286,8 +250,6 @@ def test_a_worker_registry_holds_langgraph_agents_beside_runcast_agents():
 
 def test_runcast_imports_without_langgraph_and_from_langgraph_names_the_extra():
     code = """
-import sys
-sys.modules["langgraph"] = None  # as if langgraph were not installed
 import runcast
 from runcast import Agent, Client, RunnableAgent, from_langgraph, publisher
 import runcast.worker.settings, runcast.worker.job, runcast.gateway.app
@@ -297,7 +259,6 @@ try:
 except runcast.MissingExtra as exc:
     print(exc)
 """
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "runcast's LangGraph adapter needs langgraph, which is not installed" in result.stdout
-    assert "pip install 'runcast[langgraph]'" in result.stdout
+    output = message_without("langgraph", code)
+    assert "runcast's LangGraph adapter needs langgraph, which is not installed" in output
+    assert "pip install 'runcast[langgraph]'" in output
