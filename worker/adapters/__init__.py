@@ -3,6 +3,7 @@
 `from_jaf(agent, provider)` needs `pip install 'runcast[jaf]'`. The functions here import their framework only when
 called, so `import runcast` (and this package) works without any extra, and a missing one is reported as
 `MissingExtra` naming the extra to install. The shared adapter toolkit is `runcast.worker.adapters.base`.
+`from_langgraph(graph)` needs `pip install 'runcast[langgraph]'`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runcast.worker.adapters.jaf import JafAgent
+    from runcast.worker.adapters.langgraph import LangGraphAgent
 
 
 def from_jaf(agent: Any, model_provider: Any, **options: Any) -> JafAgent:
@@ -20,4 +22,11 @@ def from_jaf(agent: Any, model_provider: Any, **options: Any) -> JafAgent:
     return JafAgent(agent, model_provider, **options)
 
 
-__all__ = ["from_jaf"]
+def from_langgraph(graph: Any, **options: Any) -> LangGraphAgent:
+    """A compiled LangGraph graph as a runcast agent; see `LangGraphAgent` for the options."""
+    from runcast.worker.adapters.langgraph import LangGraphAgent  # raises MissingExtra without langgraph
+
+    return LangGraphAgent(graph, **options)
+
+
+__all__ = ["from_jaf", "from_langgraph"]
