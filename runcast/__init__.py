@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "RunRequest": "runcast.worker.runnable",
     "stream_run": "runcast.worker.runnable",
     "from_jaf": "runcast.worker.adapters",
+    "from_pydantic_ai": "runcast.worker.adapters",
     "MissingExtra": "runcast.worker.adapters.base",
     "publisher": "runcast.worker.producer",
     "Publisher": "runcast.worker.producer",
@@ -105,6 +106,7 @@ __all__ = [
     "StreamingToolResult",
     "Tool",
     "from_jaf",
+    "from_pydantic_ai",
     "publisher",
     "run_streaming",
     "stream_run",
@@ -152,7 +154,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
     )
     from runcast.shared.streamlog import RunEnded
     from runcast.shared.sync_client import Client
-    from runcast.worker.adapters import from_jaf
+    from runcast.worker.adapters import from_jaf, from_pydantic_ai
     from runcast.worker.adapters.base import MissingExtra
     from runcast.worker.agents import Agent, ModelSettings, Tool
     from runcast.worker.producer import Publisher, RunAlreadyClaimed, RunNotExternal, RunPublisher, publisher
