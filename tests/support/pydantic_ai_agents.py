@@ -14,23 +14,20 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from pydantic_ai import Agent
+from pydantic_ai import Agent, AgentRunResultEvent
 from pydantic_ai.messages import (
     ModelMessage,
     ModelRequest,
-    ModelResponse,
-    TextPart,
-    ToolCallPart,
     ToolReturnPart,
     UserPromptPart,
 )
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
+from pydantic_ai.run import AgentRunResult
 
 from runcast.worker.adapters import from_pydantic_ai
 from runcast.worker.adapters.pydantic_ai import Handoff, handoff_output
 from runcast.worker.agents import default_registry
 from tests.support.scripted_model import (
-    DELTAS,
     FIRST_AGENT,
     HANDOFF_REASON,
     SECOND_AGENT,
@@ -47,16 +44,16 @@ MODEL = "scripted-pydantic-ai"
 
 
 class ScriptedModel:
-    """The scripted model for one agent, as PydanticAI `FunctionModel` functions: `stream` (what `agent.iter` with
-    node streaming and the adapter use) yields text deltas or one tool call; `whole` answers a non-streamed
-    request the same way. `seen` keeps the messages of every request."""
+    """The scripted model for one agent, as a PydanticAI `FunctionModel` stream function: text deltas or one tool
+    call, as a streaming provider gives them. It only streams (like the adapter, `run_streamed` streams every
+    request). `seen` keeps the messages of every request."""
 
     def __init__(self, agent_name: str) -> None:
         self.agent_name = agent_name
         self.seen: list[list[ModelMessage]] = []
 
     def model(self) -> FunctionModel:
-        return FunctionModel(self.whole, stream_function=self.stream, model_name=MODEL)
+        return FunctionModel(stream_function=self.stream, model_name=MODEL)
 
     async def stream(self, messages: list[ModelMessage], info: AgentInfo) -> AsyncIterator[str | dict[int, Any]]:
         script, step = self._step(messages)
@@ -68,13 +65,6 @@ class ScriptedModel:
         else:
             name, arguments = _call(step)
             yield {0: DeltaToolCall(name, arguments, tool_call_id=f"call_{step}")}
-
-    async def whole(self, messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
-        _, step = self._step(messages)
-        if step == "text":
-            return ModelResponse(parts=[TextPart("".join(DELTAS))], model_name=MODEL)
-        name, arguments = _call(step)
-        return ModelResponse(parts=[ToolCallPart(name, arguments, tool_call_id=f"call_{step}")], model_name=MODEL)
 
     def _step(self, messages: list[ModelMessage]) -> tuple[Script, str]:
         self.seen.append(list(messages))
@@ -124,12 +114,26 @@ registry = {
 }
 
 
-async def direct_output(prompt_text: str) -> str:
-    """PydanticAI's own final output for a prompt, without runcast: triage runs, and when its output is a hand-off
-    the application runs the target on the conversation so far (PydanticAI's programmatic hand-off)."""
+async def run_streamed(agent: Agent[Any, Any], prompt_text: str | None, **options: Any) -> AgentRunResult[Any]:
+    """An agent's run through PydanticAI's own event stream (`run_stream_events`), to its result."""
+    async with agent.run_stream_events(prompt_text, **options) as events:
+        async for event in events:
+            if isinstance(event, AgentRunResultEvent):
+                return event.result
+    raise AssertionError("the run's events ended without its result")
+
+
+async def direct_run(prompt_text: str) -> AgentRunResult[Any]:
+    """The scripted conversation run by PydanticAI alone: triage runs, and as its output is a hand-off the
+    application runs the target on the conversation so far (PydanticAI's programmatic hand-off), carrying usage."""
     first, second, _ = make_agents()
-    result = await first.run(prompt_text)
+    result = await run_streamed(first, prompt_text)
     assert isinstance(result.output, Handoff) and result.output.agent == SECOND_AGENT, result.output
-    answer = await second.run(message_history=result.all_messages())
+    return await run_streamed(second, None, message_history=result.all_messages(), usage=result.usage)
+
+
+async def direct_output(prompt_text: str) -> str:
+    """PydanticAI's own final output for a prompt, without runcast."""
+    answer = await direct_run(prompt_text)
     assert isinstance(answer.output, str)
     return answer.output

@@ -201,7 +201,9 @@ class PydanticAIAgent:
                 return
             target = self.agents.get(output.agent)
             if target is None:
-                raise LookupError(f"{self._name_of(agent)} handed off to {output.agent!r}, which is not in agents=[...]")
+                raise LookupError(
+                    f"{self._name_of(agent)} handed off to {output.agent!r}, which is not in agents=[...]"
+                )
             yield run.agent_switch(output.agent, output.reason, from_agent=self._name_of(agent))
             history = result.all_messages(output_tool_return_content=f"Handed off to {output.agent}.")
             agent, prompt = target, None
