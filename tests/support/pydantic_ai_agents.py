@@ -4,14 +4,15 @@
 
 `registry` is what a worker loads (`RUNCAST_AGENTS=tests.support.pydantic_ai_agents:registry`);
 `direct_output(prompt)` runs the same agents with PydanticAI alone (no runcast: the programmatic hand-off its docs
-describe) and returns PydanticAI's own final output.
+describe) and returns PydanticAI's own final output. `collect`, `kinds`, `data`, `function_model`, `asked_tool`
+serve the in-process tests, `scripted(...)` gives them a fresh adapter.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pydantic_ai import Agent, AgentRunResultEvent
@@ -24,9 +25,11 @@ from pydantic_ai.messages import (
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from pydantic_ai.run import AgentRunResult
 
+from runcast.shared.streaming import StreamingEvent
 from runcast.worker.adapters import from_pydantic_ai
-from runcast.worker.adapters.pydantic_ai import Handoff, handoff_output
+from runcast.worker.adapters.pydantic_ai import Handoff, PydanticAIAgent, handoff_output
 from runcast.worker.agents import default_registry
+from runcast.worker.runnable import stream_run
 from tests.support.scripted_model import (
     FIRST_AGENT,
     HANDOFF_REASON,
@@ -105,6 +108,12 @@ def make_agents() -> tuple[Agent[None, str], Agent[None, str], dict[str, Scripte
     return triage, support, models
 
 
+def scripted(**options: Any) -> tuple[PydanticAIAgent, dict[str, ScriptedModel]]:
+    """The scripted agents behind runcast's adapter (`options`: `from_pydantic_ai`'s), and their models."""
+    first, second, models = make_agents()
+    return from_pydantic_ai(first, agents=[second], **options), models
+
+
 triage, support, _models = make_agents()
 registry = {
     **default_registry,
@@ -137,3 +146,25 @@ async def direct_output(prompt_text: str) -> str:
     answer = await direct_run(prompt_text)
     assert isinstance(answer.output, str)
     return answer.output
+
+
+async def collect(agent: PydanticAIAgent, text: str, **kwargs: Any) -> list[StreamingEvent]:
+    """A run's events, in-process (`stream_run`)."""
+    return [event async for event in stream_run(agent, text, **kwargs)]
+
+
+def kinds(events: list[StreamingEvent]) -> list[str]:
+    return [event.type.value for event in events]
+
+
+def data(event: StreamingEvent) -> dict[str, Any]:
+    return event.to_dict()["data"]
+
+
+def function_model(stream: Callable[[list[ModelMessage], AgentInfo], AsyncIterator[Any]]) -> FunctionModel:
+    return FunctionModel(stream_function=stream, model_name="fn")
+
+
+def asked_tool(messages: list[ModelMessage]) -> bool:
+    """Whether the conversation already holds a tool's return."""
+    return any(isinstance(p, ToolReturnPart) for m in messages if isinstance(m, ModelRequest) for p in m.parts)
