@@ -59,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "stream_run": "runcast.worker.runnable",
     "from_jaf": "runcast.worker.adapters",
     "from_langgraph": "runcast.worker.adapters",
+    "from_pydantic_ai": "runcast.worker.adapters",
     "MissingExtra": "runcast.worker.adapters.base",
     "publisher": "runcast.worker.producer",
     "Publisher": "runcast.worker.producer",
@@ -107,6 +108,7 @@ __all__ = [
     "Tool",
     "from_jaf",
     "from_langgraph",
+    "from_pydantic_ai",
     "publisher",
     "run_streaming",
     "stream_run",
@@ -154,7 +156,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
     )
     from runcast.shared.streamlog import RunEnded
     from runcast.shared.sync_client import Client
-    from runcast.worker.adapters import from_jaf, from_langgraph
+    from runcast.worker.adapters import from_jaf, from_langgraph, from_pydantic_ai
     from runcast.worker.adapters.base import MissingExtra
     from runcast.worker.agents import Agent, ModelSettings, Tool
     from runcast.worker.producer import Publisher, RunAlreadyClaimed, RunNotExternal, RunPublisher, publisher

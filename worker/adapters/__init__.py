@@ -1,9 +1,9 @@
 """Agents from other frameworks as runcast `RunnableAgent`s, each behind its optional extra.
 
-`from_jaf(agent, provider)` needs `pip install 'runcast[jaf]'`. The functions here import their framework only when
-called, so `import runcast` (and this package) works without any extra, and a missing one is reported as
-`MissingExtra` naming the extra to install. The shared adapter toolkit is `runcast.worker.adapters.base`.
-`from_langgraph(graph)` needs `pip install 'runcast[langgraph]'`.
+`from_jaf(agent, provider)` needs `pip install 'runcast[jaf]'`, `from_langgraph(graph)` `runcast[langgraph]`,
+`from_pydantic_ai(agent)` `runcast[pydantic-ai]`. The functions here import their framework only when called, so
+`import runcast` (and this package) works without any extra, and a missing one is reported as `MissingExtra` naming
+the extra to install. The shared adapter toolkit is `runcast.worker.adapters.base`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runcast.worker.adapters.jaf import JafAgent
     from runcast.worker.adapters.langgraph import LangGraphAgent
+    from runcast.worker.adapters.pydantic_ai import PydanticAIAgent
 
 
 def from_jaf(agent: Any, model_provider: Any, **options: Any) -> JafAgent:
@@ -29,4 +30,11 @@ def from_langgraph(graph: Any, **options: Any) -> LangGraphAgent:
     return LangGraphAgent(graph, **options)
 
 
-__all__ = ["from_jaf", "from_langgraph"]
+def from_pydantic_ai(agent: Any, **options: Any) -> PydanticAIAgent:
+    """A PydanticAI agent (`pydantic_ai.Agent`) as a runcast agent; see `PydanticAIAgent` for the options."""
+    from runcast.worker.adapters.pydantic_ai import PydanticAIAgent  # raises MissingExtra without pydantic-ai-slim
+
+    return PydanticAIAgent(agent, **options)
+
+
+__all__ = ["from_jaf", "from_langgraph", "from_pydantic_ai"]
