@@ -18,6 +18,7 @@ from runcast.shared.keys import conversation_lock_key
 from runcast.shared.streaming import StreamingEvent, StreamingEventType, StreamingMetadata
 from runcast.shared.streamlog import StreamLog
 from runcast.shared.tokens import issue_token
+from tests.support.created import created_anything
 from tests.support.processes import TEST_SECRET
 from tests.support.stack import Stack, running_stack
 
@@ -68,11 +69,6 @@ async def send(
 
 def text_of(parts: list[Any]) -> str:
     return "".join(p["delta"] for p in parts if isinstance(p, dict) and p["type"] == "text-delta")
-
-
-async def created_anything(redis: Redis, site: Stack) -> tuple[int, int]:
-    metas = [key async for key in redis.scan_iter(match="runcast:{*}:meta", count=1000)]
-    return len(metas), await redis.zcard(site.settings.queue_name)
 
 
 async def test_a_chat_runcast_does_not_know_takes_its_earlier_messages_from_the_body(
@@ -129,10 +125,10 @@ async def test_a_bad_chat_body_is_422_and_creates_nothing(
 ):
     chat = chat_id()
     payload = {**body(chat, user("hi")), **BAD[case]}
-    before = await created_anything(redis, site)
+    before = await created_anything(redis, site.settings.queue_name)
     response = await http.post(f"{site.url}/v1/chat/echo", json=payload)
     assert response.status_code == 422, response.text
-    assert await created_anything(redis, site) == before
+    assert (await created_anything(redis, site.settings.queue_name)).nothing_new_since(before)
     assert await redis.get(conversation_lock_key(chat)) is None
 
 
@@ -140,12 +136,12 @@ async def test_an_unknown_agent_is_404_and_an_oversized_message_413_and_neither_
     site: Stack, http: httpx.AsyncClient, redis: Redis
 ):
     chat = chat_id()
-    before = await created_anything(redis, site)
+    before = await created_anything(redis, site.settings.queue_name)
     unknown = await http.post(f"{site.url}/v1/chat/nobody", json=body(chat, user("hi")))
     assert unknown.status_code == 404 and "known agents" in unknown.json()["detail"]
     huge = await http.post(f"{site.url}/v1/chat/echo", json=body(chat, user("x" * (site.settings.max_input_bytes + 1))))
     assert huge.status_code == 413
-    assert await created_anything(redis, site) == before
+    assert (await created_anything(redis, site.settings.queue_name)).nothing_new_since(before)
     assert await redis.get(conversation_lock_key(chat)) is None
 
 

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from runcast import AsyncClient, ConflictError
 from runcast.shared.keys import AGENTS_KEY, conversation_lock_key
+from tests.support.created import created_anything
 from tests.support.processes import GatewayProcess, WorkerProcess, start_all
 from tests.support.sse import read_sse
 from tests.support.stack import Stack, running_stack
@@ -40,12 +41,6 @@ async def answer(http: httpx.AsyncClient, site: Stack, run: dict[str, Any]) -> d
     """Follow the run to its end; its result."""
     await read_sse(http, site.url, run["run_id"], run["token"])
     return (await http.get(f"{site.url}/v1/runs/{run['run_id']}/result", params={"token": run["token"]})).json()
-
-
-async def created_anything(redis: Redis, site: Stack) -> tuple[int, int]:
-    """(run meta hashes, queued jobs): what a refused request must not change."""
-    metas = [key async for key in redis.scan_iter(match="runcast:{*}:meta", count=1000)]
-    return len(metas), await redis.zcard(site.settings.queue_name)
 
 
 async def test_a_run_with_prior_messages_shows_the_agent_those_messages(site: Stack, http: httpx.AsyncClient):
@@ -100,14 +95,14 @@ async def test_a_second_run_while_one_is_active_gets_409_with_its_id_and_creates
 ):
     conversation = new_conversation()
     first = (await create(http, site, input=" ".join(["word"] * 40), conversation_id=conversation)).json()
-    before = await created_anything(redis, site)
+    before = await created_anything(redis, site.settings.queue_name)
     busy = await create(http, site, input="me too", conversation_id=conversation)
     assert busy.status_code == 409
     stored = (await http.get(f"{site.url}/v1/conversations/{conversation}")).json()
     assert stored["active_run_id"] == first["run_id"] and stored["messages"] == []
     assert stored["pending_message"] == {"role": "user", "content": " ".join(["word"] * 40)}
     assert busy.json()["active_run_id"] == first["run_id"] and first["run_id"] in busy.json()["detail"]
-    assert await created_anything(redis, site) == before
+    assert (await created_anything(redis, site.settings.queue_name)).nothing_new_since(before)
     await answer(http, site, first)
     assert (await create(http, site, input="now", conversation_id=conversation)).status_code == 202
 
@@ -164,10 +159,10 @@ BAD_BODIES = {
 async def test_a_bad_history_or_conversation_is_422_and_creates_nothing(
     site: Stack, http: httpx.AsyncClient, redis: Redis, case: str
 ):
-    before = await created_anything(redis, site)
+    before = await created_anything(redis, site.settings.queue_name)
     response = await create(http, site, **BAD_BODIES[case])
     assert response.status_code == 422, response.text
-    assert await created_anything(redis, site) == before
+    assert (await created_anything(redis, site.settings.queue_name)).nothing_new_since(before)
 
 
 @pytest.mark.parametrize(
@@ -181,11 +176,11 @@ async def test_history_past_its_limits_is_413_and_creates_nothing(
     site: Stack, http: httpx.AsyncClient, redis: Redis, case: str, messages: list[dict[str, str]]
 ):
     conversation_free = new_conversation()
-    before = await created_anything(redis, site)
+    before = await created_anything(redis, site.settings.queue_name)
     response = await create(http, site, input="x", messages=messages)
     assert response.status_code == 413, response.text
     assert "limit" in response.json()["detail"]
-    assert await created_anything(redis, site) == before
+    assert (await created_anything(redis, site.settings.queue_name)).nothing_new_since(before)
     assert await redis.get(conversation_lock_key(conversation_free)) is None
 
 
