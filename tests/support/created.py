@@ -15,8 +15,10 @@ class Created:
     queued: frozenset[str]
 
     def nothing_new_since(self, before: Created) -> bool:
-        """No run was created, and no job was queued (a worker may meanwhile take jobs queued earlier)."""
-        return self.metas == before.metas and self.queued <= before.queued
+        """No run was created, and no job was queued for a new run. Meanwhile a worker may take jobs queued earlier,
+        and arq may queue an earlier run's job again (a retry after a stopped worker): those runs existed before."""
+        known = before.queued | {meta.split("{", 1)[1].split("}", 1)[0] for meta in before.metas}
+        return self.metas == before.metas and self.queued <= known
 
 
 async def created_anything(redis: Redis, queue_name: str) -> Created:
