@@ -6,6 +6,7 @@ What an application imports comes from here::
     from runcast import Agent, Tool, ModelSettings   # define agents a runcast worker runs
     from runcast import StreamingEvent, StreamingEventType, StreamingBuffer
     from runcast import RunnableAgent, from_jaf       # run other frameworks' agents in runcast workers
+    from runcast import from_openai_agents
     from runcast import publisher                    # publish a run from your own process (the publish API)
 
 The parts live in sub-packages: `runcast.shared` (event model, Redis layout, stream log, settings, clients),
@@ -58,6 +59,7 @@ _EXPORTS: dict[str, str] = {
     "RunRequest": "runcast.worker.runnable",
     "stream_run": "runcast.worker.runnable",
     "from_jaf": "runcast.worker.adapters",
+    "from_openai_agents": "runcast.worker.adapters",
     "MissingExtra": "runcast.worker.adapters.base",
     "publisher": "runcast.worker.producer",
     "Publisher": "runcast.worker.producer",
@@ -105,6 +107,7 @@ __all__ = [
     "StreamingToolResult",
     "Tool",
     "from_jaf",
+    "from_openai_agents",
     "publisher",
     "run_streaming",
     "stream_run",
@@ -152,7 +155,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
     )
     from runcast.shared.streamlog import RunEnded
     from runcast.shared.sync_client import Client
-    from runcast.worker.adapters import from_jaf
+    from runcast.worker.adapters import from_jaf, from_openai_agents
     from runcast.worker.adapters.base import MissingExtra
     from runcast.worker.agents import Agent, ModelSettings, Tool
     from runcast.worker.producer import Publisher, RunAlreadyClaimed, RunNotExternal, RunPublisher, publisher

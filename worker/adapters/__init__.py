@@ -1,6 +1,7 @@
 """Agents from other frameworks as runcast `RunnableAgent`s, each behind its optional extra.
 
-`from_jaf(agent, provider)` needs `pip install 'runcast[jaf]'`. The functions here import their framework only when
+`from_jaf(agent, provider)` needs `pip install 'runcast[jaf]'`, `from_openai_agents(agent)` needs
+`pip install 'runcast[openai-agents]'`. The functions here import their framework only when
 called, so `import runcast` (and this package) works without any extra, and a missing one is reported as
 `MissingExtra` naming the extra to install. The shared adapter toolkit is `runcast.worker.adapters.base`.
 """
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runcast.worker.adapters.jaf import JafAgent
+    from runcast.worker.adapters.openai_agents import OpenAIAgentsAgent
 
 
 def from_jaf(agent: Any, model_provider: Any, **options: Any) -> JafAgent:
@@ -20,4 +22,11 @@ def from_jaf(agent: Any, model_provider: Any, **options: Any) -> JafAgent:
     return JafAgent(agent, model_provider, **options)
 
 
-__all__ = ["from_jaf"]
+def from_openai_agents(agent: Any, **options: Any) -> OpenAIAgentsAgent:
+    """An OpenAI Agents SDK agent (`agents.Agent`) as a runcast agent; see `OpenAIAgentsAgent` for the options."""
+    from runcast.worker.adapters.openai_agents import OpenAIAgentsAgent  # raises MissingExtra without openai-agents
+
+    return OpenAIAgentsAgent(agent, **options)
+
+
+__all__ = ["from_jaf", "from_openai_agents"]
