@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from agents import Agent, RunContextWrapper, function_tool
+from agents import Agent, ModelSettings, RunConfig, RunContextWrapper, function_tool
 from agents.items import MessageOutputItem
-from agents.stream_events import AgentUpdatedStreamEvent, RunItemStreamEvent
+from agents.stream_events import AgentUpdatedStreamEvent, RawResponsesStreamEvent, RunItemStreamEvent
 from agents.testing import ScriptedModel, assistant_message, function_call
+from openai.types.responses import ResponseTextDeltaEvent
 
 from runcast.shared.streaming import StreamingEvent
 from runcast.worker.adapters import from_openai_agents
@@ -83,11 +84,11 @@ async def test_a_streamed_sdk_run_maps_to_runcast_events_one_chunk_per_delta(ser
     assert data(events[-1]) == {"content": FINAL_OUTPUT}
 
 
-async def test_without_usage_from_the_model_metadata_has_no_token_count():
-    model = ScriptedModel([[assistant_message("hi")]], default_usage=None)
-    events = await collect(from_openai_agents(Agent(name="plain", model=model)), "hello")
-    assert kinds(events) == ["start", "chunk", "metadata", "complete"]
-    assert data(events[-2])["total_tokens"] in (None, 0) and data(events[-1]) == {"content": "hi"}
+async def test_without_usage_from_the_model_metadata_has_no_token_count(server: ScriptedChatServer):
+    no_usage = RunConfig(model_settings=ModelSettings(include_usage=False))  # the server then sends no usage chunk
+    events = await collect(scripted(server, run_options={"run_config": no_usage}), prompt())
+    assert kinds(events)[-2:] == ["metadata", "complete"]
+    assert data(events[-2])["total_tokens"] is None and data(events[-2])["turn_count"] == 3
 
 
 async def test_the_conversation_history_reaches_the_sdk_before_the_input(server: ScriptedChatServer):
@@ -219,12 +220,33 @@ def test_an_agent_change_without_a_handoff_item_is_an_agent_switch_and_the_first
     assert translate.run.model_name == "model of billing"
 
 
+def message_event(text: str, item_id: str = "msg") -> RunItemStreamEvent:
+    message = MessageOutputItem(agent=Agent(name="triage"), raw_item=assistant_message(text, item_id=item_id))
+    return RunItemStreamEvent(name="message_output_created", item=message)
+
+
+def delta_event(delta: str, item_id: str = "msg") -> RawResponsesStreamEvent:
+    data = ResponseTextDeltaEvent(
+        type="response.output_text.delta", item_id=item_id, output_index=0, content_index=0, delta=delta,
+        logprobs=[], sequence_number=0,
+    )  # fmt: skip
+    return RawResponsesStreamEvent(data=data)
+
+
 def test_a_message_that_was_not_streamed_as_deltas_is_published_as_one_chunk():
     translate = translator()
-    message = MessageOutputItem(agent=Agent(name="triage"), raw_item=assistant_message("whole answer"))
-    [chunk] = translate(RunItemStreamEvent(name="message_output_created", item=message))
+    [chunk] = translate(message_event("whole answer"))
     assert data(chunk)["delta"] == "whole answer"
     assert kinds(translate.end("whole answer", [])) == ["metadata", "complete"]
+
+
+def test_a_streamed_message_is_not_published_again_when_it_finishes_whatever_its_item_id():
+    translate = translator()
+    streamed = [event for delta in ("Your", " order") for event in translate(delta_event(delta, "__fake_id__"))]
+    assert translate(message_event("Your order", "msg_real_id")) == []
+    [rest] = translate(message_event("Then more"))  # a second message of the turn that came without deltas
+    assert [data(e)["delta"] for e in [*streamed, rest]] == ["Your", " order", "Then more"]
+    assert translate.run.content == "Your orderThen more"
 
 
 def test_a_handoffs_reason_is_its_reason_or_only_string_argument():

@@ -100,9 +100,10 @@ class OpenAIAgentsAgent:
     async def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
         run = RunEvents(request.run_id, self.agent.name, self.model_name(), trace_id=request.trace_id)
         yield run.start()
-        # aclosing: closing this stream closes the SDK's run now, not whenever the inner generator is collected
-        async with contextlib.aclosing(with_framework_errors(run, self._run(request, run))) as events:  # type: ignore[type-var]
-            async for event in events:
+        # aclosing: closing this stream stops the SDK's run now, not whenever the inner generator is collected
+        events = with_framework_errors(run, self._run(request, run))
+        async with contextlib.aclosing(events) as inner:  # type: ignore[type-var]
+            async for event in inner:
                 yield event
 
     async def _run(self, request: RunRequest, run: RunEvents) -> AsyncIterator[StreamingEvent]:
@@ -136,7 +137,7 @@ async def _stop(result: Any, sdk_events: Any) -> None:
         result.cancel()
     with contextlib.suppress(Exception):  # its errors were raised to the consumer already, or are moot (cancelled)
         await sdk_events.aclose()
-    for name in ("run_loop_task", "_model_provider_cleanup_task"):
+    for name in ("run_loop_task", "_model_provider_cleanup_task"):  # the second is private: looked up, not relied on
         task = getattr(result, name, None)
         if isinstance(task, asyncio.Future) and not task.done():
             await asyncio.wait({task}, timeout=CANCEL_GRACE_S)
@@ -154,9 +155,10 @@ class Translator:
         self.calls = 0
         self.tool_names: dict[str, str] = {}
         self.handoff_reasons: dict[str, str] = {}
-        self.streamed: dict[str, str] = {}
-        """Text streamed as deltas in this turn, by message item id."""
-        self.turn_has_text = False
+        self.turn_text = ""
+        """The text published in this turn (deltas, and any message text that came without deltas)."""
+        self.turn_matched = 0
+        """How much of `turn_text` the turn's finished messages account for."""
         self.items: dict[str, Callable[[Any], list[StreamingEvent]]] = {
             "message_output_created": self._message,
             "tool_called": self._tool_called,
@@ -180,11 +182,8 @@ class Translator:
         kind = getattr(data, "type", None)
         if kind == "response.created":
             self.run.new_turn()
-            self.streamed.clear()
-            self.turn_has_text = False
+            self.turn_text, self.turn_matched = "", 0
         elif kind == "response.output_text.delta":
-            item_id = str(getattr(data, "item_id", "") or "")
-            self.streamed[item_id] = self.streamed.get(item_id, "") + data.delta
             return self._text(data.delta)
         elif kind == "response.completed":
             usage = getattr(data.response, "usage", None)
@@ -195,17 +194,25 @@ class Translator:
         chunk = self.run.chunk(text)
         if chunk is None:
             return []
-        self.turn_has_text = True
+        self.turn_text += text
         return [chunk]
 
     def _message(self, item: Any) -> list[StreamingEvent]:
-        """A model that did not stream its message as deltas (or not all of it): publish the rest as one CHUNK."""
+        """A finished message of this turn. Its text normally came as deltas already; a model that did not stream it
+        (or not all of it) gets the rest published as one CHUNK. Matched by text, in order, not by item id: some
+        models give every item the same placeholder id."""
         text = ItemHelpers.text_message_output(item)
-        streamed = self.streamed.pop(str(getattr(item.raw_item, "id", "") or ""), "")
+        streamed = self.turn_text[self.turn_matched :]
+        if streamed.startswith(text):
+            self.turn_matched += len(text)
+            return []
         if not text.startswith(streamed):
             log.warning("a streamed message was rewritten, not extended; its new text is not published")
+            self.turn_matched = len(self.turn_text)
             return []
-        return self._text(text[len(streamed) :])
+        events = self._text(text[len(streamed) :])
+        self.turn_matched = len(self.turn_text)
+        return events
 
     def _tool_called(self, item: Any) -> list[StreamingEvent]:
         self.calls += 1
@@ -244,7 +251,7 @@ class Translator:
         if interruptions:
             return [self.run.error("interrupted", "the SDK run stopped for a tool approval; runcast runs have none")]
         events: list[StreamingEvent] = []
-        if final_output is not None and not self.turn_has_text:
+        if final_output is not None and not self.turn_text:
             # The final output did not come as text in the last turn (a tool's output with tool_use_behavior
             # "stop_on_first_tool", say): it is still the run's answer.
             events += self._text(final_output if isinstance(final_output, str) else _as_text(final_output))
