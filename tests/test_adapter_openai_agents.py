@@ -6,8 +6,6 @@ SDK's own `agents.testing.ScriptedModel` where a test needs a model that does so
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +24,7 @@ from runcast.worker.events import RunEvents
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest, run_events, stream_run
 from tests.support import openai_agents
+from tests.support.extras import check_runcast_imports_without
 from tests.support.faults import wait_until
 from tests.support.scripted_chat_server import ScriptedChatServer, model_for
 from tests.support.scripted_model import (
@@ -273,19 +272,7 @@ def test_a_worker_registry_holds_openai_agents_beside_runcast_agents():
 
 
 def test_runcast_imports_without_the_sdk_and_from_openai_agents_names_the_extra():
-    code = """
-import sys
-sys.modules["agents"] = None  # as if openai-agents were not installed
-import runcast
-from runcast import Agent, Client, RunnableAgent, from_openai_agents, publisher
-import runcast.worker.settings, runcast.worker.job, runcast.gateway.app
-assert all(getattr(runcast, name) is not None for name in runcast.__all__)
-try:
-    from_openai_agents(object())
-except runcast.MissingExtra as exc:
-    print(exc)
-"""
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert "runcast's OpenAI Agents SDK adapter needs openai-agents, which is not installed" in result.stdout
-    assert "pip install 'runcast[openai-agents]'" in result.stdout
+    check_runcast_imports_without(
+        "agents", "from_openai_agents", "object()", framework="OpenAI Agents SDK", package="openai-agents",
+        extra="openai-agents",
+    )  # fmt: skip
