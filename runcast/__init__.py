@@ -5,7 +5,8 @@ What an application imports comes from here::
     from runcast import Client, AsyncClient          # talk to a gateway (sync / async)
     from runcast import Agent, Tool, ModelSettings   # define agents a runcast worker runs
     from runcast import StreamingEvent, StreamingEventType, StreamingBuffer
-    from runcast import RunnableAgent, from_jaf       # run other frameworks' agents in runcast workers
+    from runcast import RunnableAgent                # run other frameworks' agents in runcast workers:
+    from runcast import from_jaf, from_langgraph, from_openai_agents, from_pydantic_ai
     from runcast import publisher                    # publish a run from your own process (the publish API)
 
 The parts live in sub-packages: `runcast.shared` (event model, Redis layout, stream log, settings, clients),
@@ -59,6 +60,7 @@ _EXPORTS: dict[str, str] = {
     "stream_run": "runcast.worker.runnable",
     "from_jaf": "runcast.worker.adapters",
     "from_langgraph": "runcast.worker.adapters",
+    "from_openai_agents": "runcast.worker.adapters",
     "from_pydantic_ai": "runcast.worker.adapters",
     "MissingExtra": "runcast.worker.adapters.base",
     "publisher": "runcast.worker.producer",
@@ -108,6 +110,7 @@ __all__ = [
     "Tool",
     "from_jaf",
     "from_langgraph",
+    "from_openai_agents",
     "from_pydantic_ai",
     "publisher",
     "run_streaming",
@@ -156,7 +159,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
     )
     from runcast.shared.streamlog import RunEnded
     from runcast.shared.sync_client import Client
-    from runcast.worker.adapters import from_jaf, from_langgraph, from_pydantic_ai
+    from runcast.worker.adapters import from_jaf, from_langgraph, from_openai_agents, from_pydantic_ai
     from runcast.worker.adapters.base import MissingExtra
     from runcast.worker.agents import Agent, ModelSettings, Tool
     from runcast.worker.producer import Publisher, RunAlreadyClaimed, RunNotExternal, RunPublisher, publisher
