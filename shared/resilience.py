@@ -17,15 +17,25 @@ from typing import TypeVar
 
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runcast.shared.keys import PREFIX
 
 RUNNING_KEY = f"{PREFIX}:running"
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-"""What a lost connection, a killed client or a restarting (LOADING) server raise: worth retrying. Anything else is a
-bug to surface."""
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OSError,
+    TimeoutError,
+)
+"""What a lost connection, a killed client, a restarting (LOADING) server or a failover raise: worth retrying.
+`ReadOnlyError` (`READONLY`) is a write reaching a replica: a primary demoted by Sentinel, or a client that has not yet
+followed the failover. A Sentinel-managed connection turns it into a ConnectionError and re-asks the sentinels for the
+primary; a plain connection (a failover behind a DNS name or a proxy) reconnects when retried. Sentinel's own
+`MasterNotFoundError` (no primary while the failover runs) is a ConnectionError. Anything else is a bug to surface."""
 
 log = logging.getLogger("runcast.resilience")
 T = TypeVar("T")

@@ -15,6 +15,7 @@ from runcast.shared.streamlog import StreamLog
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.sentinel import SentinelTrio
 from tests.support.stack import Stack, running_stack
 
 _FAKE_NOTICE = """
@@ -103,6 +104,16 @@ def redis_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture
+def sentinel_trio(real_redis_url: str) -> Iterator[SentinelTrio]:
+    """A fresh primary + replica + sentinel (three real redis-server processes) per test: failover tests break it."""
+    trio = SentinelTrio().start()
+    try:
+        yield trio
+    finally:
+        trio.cleanup()
 
 
 @pytest.fixture
