@@ -25,6 +25,7 @@ from runcast.gateway.routes import events, runs
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
 from runcast.shared.redis_client import queue_redis, stream_redis
+from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streamlog import StreamLog
 
@@ -61,9 +62,11 @@ def create_app(
         feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
         sweeper = LostRunSweeper(stream_log, interval_s=conf.sweep_every_s).start()
+        watch = PrimaryWatch([client, arq_pool]).start()  # Sentinel only: leave a demoted primary promptly
         try:
             yield
         finally:
+            await watch.stop()
             await sweeper.stop()
             await feed.close()
             if queue is None:

@@ -1,10 +1,8 @@
 """Redis Sentinel URLs: `redis+sentinel://host:port[,host:port...]/service[/db]` names a primary that Sentinel watches.
 
 The client asks the sentinels for the service's current primary before each new connection (redis-py's
-`SentinelConnectionPool`), so after a failover every reconnect lands on the promoted replica. A connection still open
-to a demoted primary gets `READONLY` on its next write; a Sentinel-managed connection turns that into a
-ConnectionError and re-asks the sentinels, and every retry loop in runcast treats both as transient
-(`runcast.shared.resilience.TRANSIENT_ERRORS`).
+`SentinelConnectionPool`), so after a failover every reconnect lands on the promoted replica; connections still open
+to the old primary are closed by `runcast.shared.sentinel_pool.PrimaryWatch`.
 """
 
 from __future__ import annotations
@@ -15,6 +13,8 @@ from urllib.parse import parse_qs, unquote
 
 from redis.asyncio import Redis
 from redis.asyncio.sentinel import Sentinel
+
+from runcast.shared.sentinel_pool import ResolvingConnection, TrackingSentinelPool
 
 R = TypeVar("R", bound=Redis)
 
@@ -79,7 +79,14 @@ class SentinelUrl:
             sentinel_options |= {"username": self.sentinel_username, "password": self.sentinel_password}
         sentinel = Sentinel(self.sentinels, sentinel_kwargs=sentinel_options)
         return sentinel.master_for(
-            self.service, redis_class=redis_class, db=self.db, username=self.username, password=self.password, **options
+            self.service,
+            redis_class=redis_class,
+            connection_class=ResolvingConnection,
+            connection_pool_class=TrackingSentinelPool,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            **options,
         )
 
 

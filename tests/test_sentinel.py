@@ -13,16 +13,20 @@ import httpx
 import pytest
 import redis
 from pydantic import ValidationError
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
-from runcast.shared.redis_client import queue_redis, redis_from_url
+from runcast.shared.redis_client import queue_redis, queue_retry, redis_from_url
 from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff, retry_transient
 from runcast.shared.sentinel import SentinelUrl
+from runcast.shared.sentinel_pool import PrimaryWatch, ResolvingConnection
 from runcast.shared.settings import Settings
 from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
 from runcast.worker.durable import DurableStreamLog
 from runcast.worker.settings import arq_redis_settings
 from tests.support.eventsource import ResumingViewer
 from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
+from tests.support.ports import free_port
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.proxy import SeveringProxy
 from tests.support.redis_server import RedisServer
@@ -68,6 +72,63 @@ def test_arq_settings_for_a_sentinel_url_use_arqs_sentinel_support():
     conf = arq_redis_settings(Settings(redis_url="redis+sentinel://a:1,b:2/runcast/3"))
     assert conf.sentinel is True and conf.host == [("a", 1), ("b", 2)]
     assert (conf.sentinel_master, conf.database) == ("runcast", 3)
+
+
+async def test_each_connection_retry_asks_the_sentinels_again_instead_of_redialling_a_dead_primary(
+    real_redis_url: str,
+):
+    """The sentinels first name a dead address, then the live one: the connection tries the dead one once and
+    re-resolves on its next retry (redis-py's own SentinelManagedConnection dials the dead one `retries + 1` times)."""
+    live = httpx.URL(real_redis_url).port
+    answers = [("127.0.0.1", free_port()), ("127.0.0.1", live)]
+
+    class Pool:  # what a SentinelManagedConnection asks of its SentinelConnectionPool
+        is_master, check_connection = True, False
+
+        async def get_master_address(self) -> tuple[str, int]:
+            return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    dialled: list[int] = []
+    retried = tuple(queue_retry(Settings())["retry_on_error"])  # arq's queue retries OSError (a refused connect) too
+    conn = ResolvingConnection(connection_pool=Pool(), retry=Retry(NoBackoff(), 5, supported_errors=retried))
+    real_connect = conn._connect
+
+    async def counting_connect() -> None:
+        dialled.append(conn.port)
+        await real_connect()
+
+    conn._connect = counting_connect  # type: ignore[method-assign]
+    await conn.connect()
+    assert dialled == [dialled[0], live] and dialled[0] != live
+    await conn.disconnect()
+
+
+async def test_primary_watch_closes_every_connection_left_on_a_node_that_is_no_longer_the_primary(
+    sentinel_trio: SentinelTrio,
+):
+    """Pooled connections and those made outside the pool from its settings (the gateway hub's blocking readers) are
+    closed once the sentinels name another primary; their next use connects to the new one."""
+    client = redis_from_url(sentinel_trio.url)
+    pool = client.connection_pool
+    outside = pool.connection_class(**pool.connection_kwargs)  # how the hub builds its dedicated reader connections
+    watch = PrimaryWatch([client, redis_from_url("redis://127.0.0.1:1/0"), None])  # only Sentinel clients are watched
+    try:
+        await client.set("k", "v")
+        await outside.connect()
+        assert len(watch.pools) == 1 and len(pool.opened) == 2
+        assert await watch.check() == 0, "nothing is stale while the primary stays"
+
+        old = sentinel_trio.primary_address()
+        sentinel_trio.force_failover()
+        new = await asyncio.to_thread(sentinel_trio.wait_for_failover, old)
+        assert await watch.check() == 2 and not outside.is_connected
+        await retry_transient(partial(client.set, "k", "after"), Backoff(10))
+        await outside.connect()
+        assert (outside.host, outside.port) == new
+        assert [(c.host, c.port) for c in pool.opened if c.is_connected] == [new, new]
+    finally:
+        await outside.disconnect()
+        await client.aclose()
 
 
 def test_readonly_is_a_transient_error():

@@ -10,6 +10,7 @@ from arq.connections import RedisSettings
 from runcast.shared.keys import AGENTS_KEY
 from runcast.shared.redis_client import queue_retry, stream_redis
 from runcast.shared.sentinel import SentinelUrl
+from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.worker.agents import load_registry
 from runcast.worker.durable import DurableStreamLog
@@ -46,10 +47,15 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
 async def startup(ctx: dict[str, Any]) -> None:
     if "runcast" not in ctx:
         ctx["runcast"] = await build_state(get_settings())
+    # With Sentinel: close connections left open to a demoted primary (a no-op for plain Redis).
+    ctx["runcast_sentinel_watch"] = PrimaryWatch([ctx["runcast"].stream_log.redis, ctx.get("redis")]).start()
     log.info("runcast worker ready: agents %s", ", ".join(sorted(ctx["runcast"].registry)))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    watch: PrimaryWatch | None = ctx.get("runcast_sentinel_watch")
+    if watch is not None:
+        await watch.stop()
     state: WorkerState | None = ctx.get("runcast")
     if state is not None:
         close = getattr(state.provider, "aclose", None)

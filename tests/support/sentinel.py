@@ -117,6 +117,21 @@ class SentinelTrio:
         server.proc.wait(10)
         return old
 
+    def force_failover(self) -> None:
+        """`SENTINEL FAILOVER`: promote the replica now and demote the (live) primary to a replica of it. Right after
+        start the sentinel may not have the replica's INFO yet (NOGOODSLAVE): ask again until it does."""
+
+        def accepted() -> bool:
+            with self._sentinel() as sentinel:
+                try:
+                    return bool(sentinel.sentinel_failover(self.service))
+                except redis.ResponseError as exc:
+                    if "NOGOODSLAVE" in str(exc):
+                        return False
+                    raise
+
+        self._wait(accepted, "the sentinel to accept a failover")
+
     def wait_for_failover(self, old: Address, timeout_s: float = 30.0) -> Address:
         """Block until the failover is over (the sentinel has switched the service to the promoted replica, the
         address clients get from `SENTINEL MASTERS`, and that node answers as a primary); returns its address."""
