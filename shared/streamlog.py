@@ -40,9 +40,12 @@ return id
 
 # KEYS: meta.  ARGV: retention_s, then field/value pairs. One atomic step on one key, so it works unchanged on a
 # Redis Cluster (redis-py's cluster client has no MULTI) and a crash can never leave a meta hash without its TTL.
+# Returns 0 (and changes nothing) when the run already exists: a replayed create never resets a run that started.
 _CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -106,7 +109,8 @@ class StreamLog:
 
     async def create_run(
         self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
-    ) -> None:
+    ) -> bool:
+        """Store a new run's meta (status `queued`); False, changing nothing, when the run already exists."""
         now = _now()
         fields = {
             "agent": agent,
@@ -117,7 +121,10 @@ class StreamLog:
             "input": input_text,
             "metadata": json.dumps(metadata or {}),
         }
-        await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
+        created = await self._create(
+            keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())]
+        )
+        return bool(created)
 
     async def append(self, run_id: str, event: StreamingEvent) -> str:
         return await self.append_many(run_id, [event])

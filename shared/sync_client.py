@@ -52,25 +52,26 @@ class Client:
         finally:
             self._runner.close()
 
-    def agents(self) -> list[dict[str, str]]:
-        return self._runner.run(self._async.agents())
+    def agents(self, **options: Any) -> list[dict[str, str]]:
+        return self._runner.run(self._async.agents(**options))
 
-    def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None) -> RunHandle:
-        return self._runner.run(self._async.create_run(agent, input, metadata))
+    def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None, **options: Any) -> RunHandle:
+        """Retried like `AsyncClient.create_run` (`idempotency_key=`, `retry=`)."""
+        return self._runner.run(self._async.create_run(agent, input, metadata, **options))
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> SyncRunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event; it
         reconnects and resumes by itself like `AsyncClient.stream`."""
         return SyncRunStream(self._runner, self._async.stream(run_id, token, last_event_id, **retry))
 
-    def status(self, run_id: str, token: str) -> dict[str, Any]:
-        return self._runner.run(self._async.status(run_id, token))
+    def status(self, run_id: str, token: str, **options: Any) -> dict[str, Any]:
+        return self._runner.run(self._async.status(run_id, token, **options))
 
-    def result(self, run_id: str, token: str) -> dict[str, Any]:
-        return self._runner.run(self._async.result(run_id, token))
+    def result(self, run_id: str, token: str, **options: Any) -> dict[str, Any]:
+        return self._runner.run(self._async.result(run_id, token, **options))
 
-    def cancel(self, run_id: str, token: str | None = None) -> dict[str, Any]:
-        return self._runner.run(self._async.cancel(run_id, token))
+    def cancel(self, run_id: str, token: str | None = None, **options: Any) -> dict[str, Any]:
+        return self._runner.run(self._async.cancel(run_id, token, **options))
 
 
 class SyncRunStream:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
+from runcast.gateway.guards import idempotency
 from runcast.gateway.guards.auth import readable_run, require_api_key, valid_run_id
 from runcast.gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
 from runcast.gateway.state import GatewayState, get_state
@@ -35,7 +36,18 @@ async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> lis
     dependencies=[Depends(require_api_key)],
 )
 async def create_run(
-    body: CreateRunRequest, request: Request, state: Annotated[GatewayState, Depends(get_state)]
+    body: CreateRunRequest,
+    request: Request,
+    response: Response,
+    state: Annotated[GatewayState, Depends(get_state)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="retry-safe creation: a retry with the same key (and body) returns the same run",
+        ),
+    ] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> CreateRunResponse:
     settings = state.settings
     size = len(body.input.encode())
@@ -44,9 +56,16 @@ async def create_run(
     if not await state.redis.hexists(AGENTS_KEY, body.agent):
         known = sorted(await state.redis.hkeys(AGENTS_KEY))
         raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
-    run_id = new_run_id()
-    await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
-    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    run_id, replayed = new_run_id(), False
+    if idempotency_key is not None:
+        bound = await idempotency.claim(state.redis, idempotency_key, authorization, body, run_id, settings.retention_s)
+        run_id, replayed = bound.run_id, bound.replayed
+    created = await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
+    if created or (await state.stream_log.get_meta(run_id) or {}).get("status") == "queued":
+        # arq ignores a job id it already holds; a worker only starts a run that is still queued
+        await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     events_url = str(request.url_for("run_events", run_id=run_id))
     return CreateRunResponse(
         run_id=run_id,
