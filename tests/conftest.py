@@ -12,7 +12,8 @@ from redis.asyncio import Redis, RedisCluster
 
 from runcast.shared.redis_client import cluster_from_url, redis_from_url
 from runcast.shared.streamlog import StreamLog
-from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.faults import start_together
+from tests.support.processes import LIMITED_ENV, GatewayProcess, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sentinel import SentinelTrio
@@ -82,6 +83,17 @@ def worker_proc(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     proc = WorkerProcess(url).start()
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="module")
+def limited_gateway(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+    """A gateway (and a worker) whose viewer cap answers 503 and whose create rate limit answers 429 (LIMITED_ENV)."""
+    url = request.getfixturevalue("module_redis_url")
+    gateway, worker = GatewayProcess(url, **LIMITED_ENV), WorkerProcess(url)
+    start_together(gateway, worker)
+    yield gateway
+    gateway.stop()
+    worker.stop()
 
 
 @pytest.fixture(scope="module")

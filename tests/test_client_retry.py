@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -18,12 +17,11 @@ import pytest
 from runcast.shared.client import AsyncClient, GatewayUnavailable, RateLimited, RetryPolicy
 from runcast.shared.retry import parse_retry_after
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import start_together, wait_until, words
-from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.faults import wait_until, words
+from tests.support.processes import LIMITED_API_KEY, GatewayProcess
 from tests.support.proxy import SeveringProxy
 
-KEY = "retry-test-key"
-AUTH = {"Authorization": f"Bearer {KEY}"}
+KEY = LIMITED_API_KEY
 
 
 class Waits:
@@ -103,20 +101,9 @@ async def test_an_http_date_retry_after_is_waited_out_before_the_next_attempt():
 # -- against a real gateway -----------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def gateway(module_redis_url: str) -> Iterator[GatewayProcess]:
-    """One viewer per run (the next one gets 503 + Retry-After: 1); one create per key per 2 s (429 + Retry-After)."""
-    env = {
-        "RUNCAST_MAX_VIEWERS_PER_RUN": "1",
-        "RUNCAST_API_KEYS": KEY,
-        "RUNCAST_CREATE_RATE_LIMIT": "1",
-        "RUNCAST_CREATE_RATE_WINDOW_S": "2",
-    }
-    proc, worker = GatewayProcess(module_redis_url, **env), WorkerProcess(module_redis_url)
-    start_together(proc, worker)
-    yield proc
-    proc.stop()
-    worker.stop()
+@pytest.fixture
+def gateway(limited_gateway: GatewayProcess) -> GatewayProcess:
+    return limited_gateway
 
 
 async def create_past_the_limit(client: AsyncClient, waits: Waits) -> str:
