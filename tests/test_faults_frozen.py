@@ -110,7 +110,7 @@ async def test_appends_held_up_in_the_network_past_worker_lost_are_refused_by_th
             tasks = [asyncio.create_task(v.run(http, timeout_s=60)) for v in viewers]
             await wait_until(lambda: all(len(v.received) >= 10 for v in viewers), 20, "viewers mid-stream")
 
-            link.pause()  # the worker goes on producing; its next append and heartbeat wait in the network
+            link.pause()  # the worker goes on producing; its next append (and heartbeat) wait in the network
             await asyncio.gather(*tasks)
             log = await stored_log(module_redis_url, run_id)
             assert log[-1][2]["data"]["error_type"] == "worker_lost"

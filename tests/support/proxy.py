@@ -48,7 +48,8 @@ class SeveringProxy:
             self._server = None
 
     def pause(self) -> None:
-        """Hold every byte in both directions (connections stay open): a partitioned or stalled network."""
+        """Hold every byte clients send (connections stay open; answers to what already got through still arrive):
+        a stalled network as the server sees it. Whatever a client sends meanwhile reaches the server on `resume()`."""
         self._flowing.clear()
 
     def resume(self) -> None:
@@ -76,7 +77,8 @@ class SeveringProxy:
                 while data := await reader.read(65536):
                     if record and len(self.requests[index]) < 4096:
                         self.requests[index] += data
-                    await self._flowing.wait()
+                    if record:  # client -> server
+                        await self._flowing.wait()
                     writer.write(data)
                     await writer.drain()
             writer.transport.abort()
