@@ -17,7 +17,6 @@ a worker kept appending a run to the demoted primary; its viewers saw 506 events
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import weakref
@@ -29,6 +28,8 @@ from redis.asyncio.sentinel import SentinelConnectionPool, SentinelManagedConnec
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from runcast.shared.resilience import Periodic
 
 log = logging.getLogger("runcast.sentinel")
 
@@ -82,21 +83,17 @@ class PrimaryWatch:
 
     def __init__(self, clients: Iterable[object], interval_s: float = WATCH_INTERVAL_S) -> None:
         self.pools = [pool for client in clients if isinstance(pool := _pool_of(client), TrackingSentinelPool)]
-        self.interval_s = interval_s
         self.closed = 0
-        self._task: asyncio.Task[None] | None = None
+        # any failure is retried: the watch is what makes a demoted primary harmless, it must not die
+        self._periodic = Periodic("runcast-sentinel-watch", self.check, interval_s, logger=log)
 
     def start(self) -> PrimaryWatch:
-        if self.pools and self._task is None:
-            self._task = asyncio.create_task(self._run(), name="runcast-sentinel-watch")
+        if self.pools:
+            self._periodic.start()
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()
 
     async def check(self) -> int:
         """Ask once; close the connections open to a node that is no longer the primary. Returns how many."""
@@ -117,14 +114,6 @@ class PrimaryWatch:
             closed += stale
         self.closed += closed
         return closed
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval_s)
-            try:
-                await self.check()
-            except Exception:  # never let the watch die: it is what makes a demoted primary harmless
-                log.exception("sentinel watch failed; retrying")
 
 
 def _pool_of(client: object) -> object:

@@ -20,7 +20,13 @@ import httpx
 import pytest
 
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import assert_clean_run, start_together, stored_log, wait_until, words
+from tests.support.faults import (
+    assert_a_new_run_streams_cleanly,
+    start_together,
+    stored_log,
+    wait_until,
+    words,
+)
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.sentinel import SentinelTrio
 from tests.support.sse import TERMINAL, Received, create_run
@@ -100,13 +106,10 @@ async def test_primary_sigkill_mid_run_runs_and_viewers_continue_on_the_promoted
     new = await asyncio.to_thread(sentinel_trio.wait_for_failover, old)
     failover_s = time.time() - killed_at
 
-    after = await create_run(http, gateway.url, "echo", words(30, "after"))  # the gateway's retries cover the switch
-    late = ResumingViewer([gateway.url], after["run_id"], after["token"])
-    await late.run(http, timeout_s=60)
+    primary = sentinel_trio.node_url(new)
+    await assert_a_new_run_streams_cleanly(http, gateway.url, primary)  # while the first run is still going
     await asyncio.gather(*tasks)
 
-    primary = sentinel_trio.node_url(new)
-    assert_clean_run(await stored_log(primary, after["run_id"]), words(30, "after"))
     log = await stored_log(primary, run["run_id"])
     assert log[-1][1] in TERMINAL and sum(t in TERMINAL for _, t, _ in log) == 1, "the run must end exactly once"
     for viewer in viewers:
@@ -146,9 +149,7 @@ async def test_a_failover_that_demotes_a_live_primary_is_followed_without_a_cras
     for viewer in viewers:
         assert_ends_once(viewer.received)
         assert viewer.received[-1].id == log[-1][0], "every viewer sees the run's one terminal event"
-    after = await create_run(http, gateway.url, "echo", words(20, "after"))
-    await ResumingViewer([gateway.url], after["run_id"], after["token"]).run(http, timeout_s=60)
-    assert_clean_run(await stored_log(sentinel_trio.node_url(new), after["run_id"]), words(20, "after"))
+    await assert_a_new_run_streams_cleanly(http, gateway.url, sentinel_trio.node_url(new))
     assert gateway.alive() and worker.alive(), "no runcast process may exit through a failover"
     print(
         f"\n[failover] SENTINEL FAILOVER (old primary demoted alive): switched in {switched_s:.2f}s; run ended with "

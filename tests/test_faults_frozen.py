@@ -24,7 +24,14 @@ import redis
 
 from runcast.shared.keys import events_key
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
+from tests.support.faults import (
+    as_log,
+    assert_a_new_run_streams_cleanly,
+    start_together,
+    stored_log,
+    wait_until,
+    words,
+)
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.proxy import SeveringProxy
 from tests.support.sse import TERMINAL, create_run
@@ -77,10 +84,7 @@ async def test_a_worker_frozen_past_the_lost_timeout_never_appends_after_worker_
     late = ResumingViewer([gateway.url], run_id, run["token"])
     assert as_log(await late.run(http, timeout_s=30)) == log
 
-    text = words(30, "next")
-    again = await create_run(http, gateway.url, "echo", text)
-    await ResumingViewer([gateway.url], again["run_id"], again["token"]).run(http, timeout_s=30)
-    assert_clean_run(await stored_log(module_redis_url, again["run_id"]), text)
+    await assert_a_new_run_streams_cleanly(http, gateway.url, module_redis_url)
     assert worker.alive() and gateway.alive()
     print(
         f"\n[fault] worker SIGSTOP: worker_lost {lost_after:.2f}s after the freeze ({len(viewers)} viewers, one "
@@ -124,10 +128,7 @@ async def test_appends_held_up_in_the_network_past_worker_lost_are_refused_by_th
             for viewer in viewers:
                 assert as_log(viewer.received) == log
 
-            text = words(30, "next")
-            again = await create_run(http, gateway.url, "echo", text)
-            await ResumingViewer([gateway.url], again["run_id"], again["token"]).run(http, timeout_s=30)
-            assert_clean_run(await stored_log(module_redis_url, again["run_id"]), text)
+            await assert_a_new_run_streams_cleanly(http, gateway.url, module_redis_url)
             assert worker.alive() and gateway.alive()
             print(
                 f"\n[fault] worker's Redis link stalled past worker_lost: {refused} late append(s) refused by the fence"
