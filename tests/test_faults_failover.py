@@ -132,7 +132,7 @@ async def test_a_failover_that_demotes_a_live_primary_is_followed_without_a_cras
     `PrimaryWatch` closes those connections within ~0.5 s of the switch, which bounds that window (measured and
     printed; without the watch a worker kept writing to the old primary for seconds: 506 events seen, not kept)."""
     gateway, worker = deployment
-    run = await create_run(http, gateway.url, "echo", words(400))  # 8 s: the failover happens well before the end
+    run = await create_run(http, gateway.url, "echo", words(250))  # 5 s: the failover happens well before the end
     viewers = [ResumingViewer([gateway.url], run["run_id"], run["token"]) for _ in range(3)]
     tasks = [asyncio.create_task(v.run(http, timeout_s=90)) for v in viewers]
     await wait_until(lambda: all(len(v.received) >= 30 for v in viewers), 30, "viewers mid-stream")
