@@ -85,11 +85,13 @@ def worker_proc(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
     proc.stop()
 
 
-@pytest.fixture(scope="module")
-def limited_gateway(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
-    """A gateway (and a worker) whose viewer cap answers 503 and whose create rate limit answers 429 (LIMITED_ENV)."""
-    url = request.getfixturevalue("module_redis_url")
-    gateway, worker = GatewayProcess(url, **LIMITED_ENV), WorkerProcess(url)
+@pytest.fixture(scope="session")
+def limited_gateway(redis_url: str | None) -> Iterator[GatewayProcess]:
+    """A gateway (and a worker) whose viewer cap answers 503 and whose create rate limit answers 429 (LIMITED_ENV);
+    one per session, shared by the Python and the JavaScript client tests."""
+    if redis_url is None:
+        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+    gateway, worker = GatewayProcess(redis_url, **LIMITED_ENV), WorkerProcess(redis_url)
     start_together(gateway, worker)
     yield gateway
     gateway.stop()
