@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+NODE_STAMP := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test lint bench soak venv clean
+.PHONY: demo test lint docs bench bench-frameworks soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,20 +15,33 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
+# The Vercel AI SDK tests' npm packages (tests/node), as locked; without npm those tests are skipped, loudly.
+$(NODE_STAMP): tests/node/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd tests/node && npm ci --no-audit --no-fund; \
+	else echo "npm not found: tests/test_ai_sdk.py will be skipped"; fi
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/runcast demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Regenerate the generated parts of docs/ (the HTTP API reference from the app's OpenAPI); the docs tests fail when
+# a committed file is out of date.
+docs: $(STAMP)
+	$(BIN)/python -m tools.openapi_doc
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+bench-frameworks: $(STAMP)
+	$(BIN)/python -m bench.frameworks $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

@@ -11,17 +11,20 @@ from typing import Annotated
 
 from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from runcast.gateway.conversations import ConversationBusy, conversation_busy
 from runcast.gateway.guards.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
 from runcast.gateway.guards.redact import install_token_redaction
 from runcast.gateway.hub.fanout import Hub
 from runcast.gateway.hub.feed import DirectFeed, EventFeed
-from runcast.gateway.routes import events, runs
+from runcast.gateway.routes import chat, conversations, events, runs
+from runcast.gateway.schemas import Health, Readiness
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
 from runcast.shared.redis_client import queue_redis, stream_redis
@@ -82,22 +85,43 @@ def create_app(
     )
     app.include_router(runs.router)
     app.include_router(events.router)
+    app.include_router(conversations.router)
+    app.include_router(chat.router)
     install_guards(app, settings)
 
-    @app.get("/healthz", tags=["ops"])
+    @app.get(
+        "/healthz", tags=["ops"], summary="Liveness", response_description="the process is up", response_model=Health
+    )
     async def healthz() -> dict[str, str]:
+        """The process is up (no dependency is checked)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"description": "Redis unreachable"}})
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="Readiness",
+        response_description="Redis answers",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "Redis unreachable: take this gateway out of rotation"}},
+    )
     async def readyz(state: Annotated[GatewayState, Depends(get_state)]) -> JSONResponse:
+        """Ready when Redis answers a PING (what load balancers and compose health checks ask)."""
         try:
             await state.redis.ping()
         except (RedisError, OSError) as exc:
             return JSONResponse({"status": "not ready", "detail": f"redis: {exc}"}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+    )
     async def metrics() -> Response:
+        """Viewers, deliveries, hub readers and Redis errors of this gateway process. Keep it on an internal
+        network: it needs no token."""
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
@@ -118,9 +142,20 @@ def install_guards(app: FastAPI, settings: Settings | None) -> None:
     """Limits, Redis-outage answers and token redaction (README "Reliability" and "Security")."""
     app.add_middleware(ViewerLimit)
     app.add_middleware(CreateRateLimit)
-    app.add_middleware(BodySizeLimit, max_bytes=(settings or get_settings()).max_body_bytes)
+    conf = settings or get_settings()
+    app.add_middleware(BodySizeLimit, max_bytes=conf.max_body_bytes)
+    if conf.cors_origins:  # outermost, so refusals (401, 413, 429, ...) reach a cross-origin page readable too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=conf.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["x-runcast-run-id", "x-runcast-run-token", "x-vercel-ai-ui-message-stream"],
+            max_age=600,
+        )
     app.add_exception_handler(RedisError, redis_unavailable)
     app.add_exception_handler(UnicodeEncodeError, not_unicode)
+    app.add_exception_handler(ConversationBusy, conversation_busy)
     install_token_redaction()
 
 

@@ -5,6 +5,8 @@ What an application imports comes from here::
     from runcast import Client, AsyncClient          # talk to a gateway (sync / async)
     from runcast import Agent, Tool, ModelSettings   # define agents a runcast worker runs
     from runcast import StreamingEvent, StreamingEventType, StreamingBuffer
+    from runcast import RunnableAgent, from_jaf       # run other frameworks' agents in runcast workers
+    from runcast import publisher                    # publish a run from your own process (the publish API)
 
 The parts live in sub-packages: `runcast.shared` (event model, Redis layout, stream log, settings, clients),
 `runcast.worker` (arq worker, agent runtime, model providers), `runcast.gateway` (FastAPI app, fan-out hub).
@@ -53,6 +55,18 @@ _EXPORTS: dict[str, str] = {
     "StreamingAgent": "runcast.worker.streaming",
     "RunState": "runcast.worker.streaming",
     "RunConfig": "runcast.worker.streaming",
+    # bring your own agent: the interface a worker runs, framework adapters, the publish API
+    "RunnableAgent": "runcast.worker.runnable",
+    "RunRequest": "runcast.worker.runnable",
+    "stream_run": "runcast.worker.runnable",
+    "from_jaf": "runcast.worker.adapters",
+    "MissingExtra": "runcast.worker.adapters.base",
+    "publisher": "runcast.worker.producer",
+    "Publisher": "runcast.worker.producer",
+    "RunPublisher": "runcast.worker.producer",
+    "RunNotExternal": "runcast.worker.producer",
+    "RunAlreadyClaimed": "runcast.worker.producer",
+    "RunEnded": "runcast.shared.streamlog",
 }
 
 __all__ = [
@@ -63,16 +77,24 @@ __all__ = [
     "Client",
     "ConflictError",
     "GatewayUnavailable",
+    "MissingExtra",
     "ModelSettings",
     "PermissionDenied",
+    "Publisher",
     "RateLimited",
     "ResetEvent",
     "RetryPolicy",
+    "RunAlreadyClaimed",
     "RunConfig",
+    "RunEnded",
     "RunHandle",
+    "RunNotExternal",
     "RunNotFound",
+    "RunPublisher",
+    "RunRequest",
     "RunState",
     "RuncastError",
+    "RunnableAgent",
     "StreamConfig",
     "StreamItem",
     "StreamingAgent",
@@ -86,7 +108,10 @@ __all__ = [
     "StreamingToolCall",
     "StreamingToolResult",
     "Tool",
+    "from_jaf",
+    "publisher",
     "run_streaming",
+    "stream_run",
 ]
 
 
@@ -131,6 +156,11 @@ if TYPE_CHECKING:  # what type checkers and IDEs see: the same names, eagerly
         StreamingToolCall,
         StreamingToolResult,
     )
+    from runcast.shared.streamlog import RunEnded
     from runcast.shared.sync_client import Client
+    from runcast.worker.adapters import from_jaf
+    from runcast.worker.adapters.base import MissingExtra
     from runcast.worker.agents import Agent, ModelSettings, Tool
+    from runcast.worker.producer import Publisher, RunAlreadyClaimed, RunNotExternal, RunPublisher, publisher
+    from runcast.worker.runnable import RunnableAgent, RunRequest, stream_run
     from runcast.worker.streaming import RunConfig, RunState, StreamingAgent, run_streaming

@@ -12,9 +12,18 @@ WS_MAX_MESSAGE_BYTES = 64 * 1024
 """A viewer only ever sends `{"last_event_id": ...}`: bigger WebSocket messages are refused by the server (1009)."""
 
 
+def _agents_from_this_folder() -> None:
+    """`RUNCAST_AGENTS=myagents:registry` may name a module of the folder the command runs in, as with `arq` and
+    `uvicorn`: a console script's `sys.path` starts with its own bin folder, not the working directory. Appended (as
+    arq does), so a local file never shadows an installed package."""
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from runcast.demo import serve_demo
 
+    _agents_from_this_folder()
     asyncio.run(serve_demo(args.host, args.port, args.redis_url))
     return 0
 
@@ -57,6 +66,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from runcast.worker.settings import WorkerSettings
 
     logging.config.dictConfig(default_log_config(verbose=False))
+    _agents_from_this_folder()
     run_resilient_worker(WorkerSettings)  # arq's Worker, plus a poll loop that outlives a Redis restart
     return 0
 

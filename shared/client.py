@@ -107,6 +107,7 @@ class StreamItem(NamedTuple):
 
     @property
     def is_terminal(self) -> bool:
+        """The run's last event (`complete` or `error`)."""
         return isinstance(self.event, StreamingEvent) and self.event.is_terminal
 
 
@@ -273,10 +274,12 @@ class AsyncClient:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (unless the `http` client was passed in)."""
         if self._own_http:
             await self.http.aclose()
 
     def url(self, path: str) -> str:
+        """The gateway URL of `path` (`/v1/...`)."""
         return f"{self.base_url}{path}"
 
     def _key_headers(self) -> dict[str, str]:
@@ -312,6 +315,7 @@ class AsyncClient:
                 await retrier.wait(delay, exc)
 
     async def agents(self, *, retry: RetryOption = None) -> list[dict[str, str]]:
+        """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
         return (await self._request("GET", "/v1/agents", retry=retry)).json()
 
     async def create_run(
@@ -320,23 +324,44 @@ class AsyncClient:
         input: str,
         metadata: dict[str, Any] | None = None,
         *,
+        conversation_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        external: bool = False,
         idempotency_key: str | None = None,
         retry: RetryOption = None,
     ) -> RunHandle:
-        """Create a run. Retried like every request: safe, because all attempts carry the same `Idempotency-Key`
-        (a fresh one per call unless given: pass your own to make a create safe to repeat across restarts too)."""
+        """Start a run. `conversation_id`: continue that conversation (the agent sees its history; the run's turn is
+        added when it completes; ConflictError with `active_run_id` while another run of it is going). `messages`:
+        prior messages (`{"role": "user" | "assistant" | "tool", "content": ...}`) for this run alone.
+        `external=True`: the run is published by your own producer through `runcast.publisher`, not a worker.
+        `RunNotFound` for an unknown agent.
+
+        Retried like every request, safely: all attempts carry the same `Idempotency-Key`, so a retry of a create
+        that did happen answers with that run (a fresh key per call unless `idempotency_key` is given: pass your own
+        to make a create safe to repeat across restarts of your program too)."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
             body["metadata"] = metadata
+        if conversation_id is not None:
+            body["conversation_id"] = conversation_id
+        if messages is not None:
+            body["messages"] = messages
+        if external:
+            body["external"] = True
         headers = {**self._key_headers(), "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
         data = (await self._request("POST", "/v1/runs", json=body, headers=headers, retry=retry)).json()
         return RunHandle(**{name: data[name] for name in RunHandle.__dataclass_fields__})
+
+    async def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """`{"conversation_id", "messages", "active_run_id"}`: the history runcast keeps (API key when keys are set)."""
+        return (await self._request("GET", f"/v1/conversations/{conversation_id}", headers=self._key_headers())).json()
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> RunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event."""
         return RunStream(self, run_id, token, last_event_id, **retry)
 
     async def status(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
+        """`{"status": "queued" | "running" | "completed" | "failed" | "cancelled", "last_event_id": ..., ...}`."""
         return (await self._request("GET", f"/v1/runs/{run_id}", params={"token": token}, retry=retry)).json()
 
     async def result(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:

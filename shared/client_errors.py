@@ -53,7 +53,10 @@ class RunNotFound(RuncastError):
 
 
 class ConflictError(RuncastError):
-    """409: e.g. the result of a run that is still going."""
+    """409: e.g. the result of a run that is still going, or a conversation that has an active run
+    (`active_run_id`)."""
+
+    active_run_id: str | None = None
 
 
 class GatewayUnavailable(RuncastError):
@@ -106,7 +109,13 @@ async def raise_for_status(response: httpx.Response) -> None:
     if not response.is_closed:
         await response.aread()
     retry_after = parse_retry_after(response.headers.get("retry-after"))
-    raise error_for(response.status_code, detail_of(response), retry_after)
+    error = error_for(response.status_code, detail_of(response), retry_after)
+    if isinstance(error, ConflictError):
+        try:
+            error.active_run_id = response.json().get("active_run_id")
+        except (ValueError, AttributeError):
+            pass
+    raise error
 
 
 def unreachable(base_url: str, exc: httpx.TransportError) -> GatewayUnavailable:

@@ -23,6 +23,16 @@ def cancel_key(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:cancel"
 
 
+def conversation_history_key(conversation_id: str) -> str:
+    """A Redis list of the conversation's messages (JSON), oldest first. `{conv:<id>}`: one slot per conversation."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:history"
+
+
+def conversation_lock_key(conversation_id: str) -> str:
+    """The id of the conversation's active run (the run that holds the conversation), in the history's slot."""
+    return f"{PREFIX}:{{conv:{conversation_id}}}:active"
+
+
 def run_id_from_events_key(key: str | bytes) -> str:
     if isinstance(key, bytes):
         key = key.decode()

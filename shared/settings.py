@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         description="older secrets still accepted when checking tokens (comma-separated), for zero-downtime rotation",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins (comma-separated, e.g. https://app.example.com) allowed to call the gateway "
+        "from another origin, e.g. useChat in a web app; empty: same-origin only",
+    )
     stream_maxlen: int = Field(10_000, ge=1)
     retention_s: int = Field(86_400, ge=1)
     agents: str = "runcast.worker.agents:default_registry"
@@ -85,11 +90,23 @@ class Settings(BaseSettings):
         256 * 1024, ge=1, description="request bodies over this are refused with 413 before they are read"
     )
 
-    @field_validator("api_keys", mode="before")
+    # Conversations (docs/chat.md).
+    max_history_messages: int = Field(
+        200, ge=1, description="most prior messages a run may be given; a conversation keeps its last this many"
+    )
+    max_history_bytes: int = Field(
+        128 * 1024, ge=1, description="largest prior-message history a request may carry (JSON bytes); past it: 413"
+    )
+    conversation_ttl_s: int = Field(
+        7 * 86_400, ge=1, description="a conversation's history expires this long after its last run started or ended"
+    )
+
+    @field_validator("api_keys", "secret_previous", "cors_origins", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_commas(cls, value: object) -> object:
+        """Lists come from the environment comma-separated (`RUNCAST_API_KEYS=k1,k2`)."""
         if isinstance(value, str):
-            return [key.strip() for key in value.split(",") if key.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     def stream_config(self) -> StreamConfig:
@@ -121,13 +138,6 @@ class Settings(BaseSettings):
     def queue_url(self) -> str:
         """Where the arq job queue lives (gateway enqueues, worker polls)."""
         return self.queue_redis_url or self.redis_url
-
-    @field_validator("secret_previous", mode="before")
-    @classmethod
-    def _split_secrets(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
 
     @property
     def sweep_every_s(self) -> float:

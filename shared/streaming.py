@@ -18,6 +18,8 @@ from runcast.shared.keys import events_key
 
 
 class StreamingEventType(str, Enum):
+    """The kinds of event a run streams, with jaf-py's names and wire values (`"start"`, `"chunk"`, ...)."""
+
     START = "start"
     CHUNK = "chunk"
     TOOL_CALL = "tool_call"
@@ -29,6 +31,7 @@ class StreamingEventType(str, Enum):
 
     @property
     def is_terminal(self) -> bool:
+        """COMPLETE and ERROR end a run; nothing follows them."""
         return self in (StreamingEventType.COMPLETE, StreamingEventType.ERROR)
 
 
@@ -37,6 +40,8 @@ TERMINAL_TYPES = frozenset({StreamingEventType.COMPLETE.value, StreamingEventTyp
 
 @dataclass(frozen=True)
 class StreamingChunk:
+    """A CHUNK's data: `content` is all the text so far, `delta` the new text; `token_count` counts deltas."""
+
     content: str
     delta: str
     is_complete: bool = False
@@ -45,6 +50,8 @@ class StreamingChunk:
 
 @dataclass(frozen=True)
 class StreamingToolCall:
+    """A TOOL_CALL's data: the tool about to run, its arguments and the call id its result will carry."""
+
     tool_name: str
     arguments: dict[str, Any]
     call_id: str
@@ -53,6 +60,8 @@ class StreamingToolCall:
 
 @dataclass(frozen=True)
 class StreamingToolResult:
+    """A TOOL_RESULT's data: what the tool returned (or its error), `status` `completed` or `failed`."""
+
     tool_name: str
     call_id: str
     result: Any
@@ -62,6 +71,8 @@ class StreamingToolResult:
 
 @dataclass(frozen=True)
 class StreamingMetadata:
+    """START's and METADATA's data: the agent, the model, and (at the end) turns, tokens and time."""
+
     agent_name: str
     model_name: str
     turn_count: int = 0
@@ -71,6 +82,8 @@ class StreamingMetadata:
 
 @dataclass(frozen=True)
 class StreamingError:
+    """An ERROR's data: `error_type` (`model_error`, `cancelled`, `worker_lost`, ...) and a sentence of detail."""
+
     error_type: str
     detail: str
 
@@ -89,6 +102,11 @@ _DATA_CLASSES: dict[StreamingEventType, type] = {
 
 @dataclass(frozen=True)
 class StreamingEvent:
+    """One event of a run, as the seed defines it; `to_json()` is what travels on the wire (`data:` of an SSE event).
+
+    `data` is the dataclass of its type (`StreamingChunk` for CHUNK, ...) or a plain dict (AGENT_SWITCH, COMPLETE).
+    """
+
     type: StreamingEventType
     data: EventData
     timestamp: float = field(default_factory=time.time)
@@ -97,9 +115,11 @@ class StreamingEvent:
 
     @property
     def is_terminal(self) -> bool:
+        """This event ends its run (COMPLETE or ERROR)."""
         return self.type.is_terminal
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form: `type`, `data`, `timestamp`, `run_id`, `trace_id`."""
         data = self.data
         if not isinstance(data, dict):
             data = asdict(data)
@@ -112,10 +132,12 @@ class StreamingEvent:
         }
 
     def to_json(self) -> str:
+        """Compact JSON, as stored in the run's stream and sent to viewers."""
         return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> StreamingEvent:
+        """Parse `to_dict()`'s form; unknown fields of `data` are ignored, incomplete `data` stays a dict."""
         event_type = StreamingEventType(raw["type"])
         data: Any = raw.get("data") or {}
         data_class = _DATA_CLASSES.get(event_type)
@@ -135,6 +157,7 @@ class StreamingEvent:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> StreamingEvent:
+        """Parse `to_json()`'s form."""
         return cls.from_dict(json.loads(text))
 
 
@@ -159,27 +182,34 @@ class StreamingBuffer:
         self.error: StreamingError | None = None
 
     def add_chunk(self, chunk: StreamingChunk) -> None:
+        """Append a chunk's delta to `content`."""
         self.content += chunk.delta
         if chunk.is_complete:
             self.is_complete = True
 
     def add_tool_call(self, tool_call: StreamingToolCall) -> None:
+        """Record a tool call."""
         self.tool_calls.append(tool_call)
 
     def add_tool_result(self, tool_result: StreamingToolResult) -> None:
+        """Record a tool's result."""
         self.tool_results.append(tool_result)
 
     def set_metadata(self, metadata: StreamingMetadata) -> None:
+        """Keep the latest metadata (START's, then METADATA's)."""
         self.metadata = metadata
 
     def set_error(self, error: StreamingError) -> None:
+        """Record the run's error; the run is over."""
         self.error = error
         self.is_complete = True
 
     def mark_complete(self) -> None:
+        """The run is over."""
         self.is_complete = True
 
     def add_event(self, event: StreamingEvent) -> None:
+        """Fold any event into the buffer (what `from_events` does for each)."""
         data = event.data
         if event.type is StreamingEventType.CHUNK and isinstance(data, StreamingChunk):
             self.add_chunk(data)
@@ -197,9 +227,11 @@ class StreamingBuffer:
             self.mark_complete()
 
     def get_final_message(self) -> FinalMessage:
+        """The assistant's message: the final text and its tool calls."""
         return FinalMessage(role="assistant", content=self.content, tool_calls=list(self.tool_calls) or None)
 
     def to_dict(self) -> dict[str, Any]:
+        """What `GET /v1/runs/{run_id}/result` answers."""
         return {
             "content": self.content,
             "tool_calls": [asdict(c) for c in self.tool_calls],
@@ -211,6 +243,7 @@ class StreamingBuffer:
 
     @classmethod
     def from_events(cls, events: Iterable[StreamingEvent]) -> StreamingBuffer:
+        """A run's final state from its events."""
         buffer = cls()
         for event in events:
             buffer.add_event(event)
@@ -225,6 +258,7 @@ class StreamingCollector:
         self.events: dict[str, list[StreamingEvent]] = {}
 
     async def collect_stream(self, stream: AsyncIterator[StreamingEvent], run_id: str | None = None) -> StreamingBuffer:
+        """Consume `stream`, keeping its events (under `run_id`, else each event's own) and their buffer."""
         buffer = StreamingBuffer()
         collected: list[StreamingEvent] = []
         async for event in stream:
@@ -239,18 +273,22 @@ class StreamingCollector:
         return buffer
 
     def get_buffer(self, run_id: str) -> StreamingBuffer | None:
+        """The run's folded state, if its events were collected."""
         return self.buffers.get(run_id)
 
     def get_events_for_run(self, run_id: str) -> list[StreamingEvent]:
+        """The run's collected events, oldest first."""
         return list(self.events.get(run_id, []))
 
     async def replay_stream(self, run_id: str, delay_ms: int = 0) -> AsyncIterator[StreamingEvent]:
+        """Yield the run's collected events again, pausing `delay_ms` before each."""
         for event in self.get_events_for_run(run_id):
             if delay_ms > 0:
                 await asyncio.sleep(delay_ms / 1000)
             yield event
 
     def clear_run(self, run_id: str) -> None:
+        """Forget the run."""
         self.buffers.pop(run_id, None)
         self.events.pop(run_id, None)
 
@@ -336,6 +374,7 @@ class StreamConfig:
 
     @property
     def is_passthrough(self) -> bool:
+        """Every model delta is its own CHUNK (no coalescing)."""
         return self.chunk_size <= 1 and not self.enable_sentence_boundaries
 
     @classmethod

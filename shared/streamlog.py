@@ -108,9 +108,19 @@ class StreamLog:
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
-        self, run_id: str, agent: str, input_text: str, metadata: dict[str, Any] | None = None
+        self,
+        run_id: str,
+        agent: str,
+        input_text: str,
+        metadata: dict[str, Any] | None = None,
+        extra: dict[str, str] | None = None,
+        *,
+        external: bool = False,
     ) -> bool:
-        """Store a new run's meta (status `queued`); False, changing nothing, when the run already exists."""
+        """A queued run; False, changing nothing, when the run already exists (a replayed create, see
+        `runcast.gateway.guards.idempotency`). `extra`: more meta fields (e.g. `conversation_id`, `history`: see
+        `runcast.shared.conversations`). `external`: its events come from a producer outside runcast's workers (the
+        publish API, `runcast.publisher`), which claims it; no worker runs it."""
         now = _now()
         fields = {
             "agent": agent,
@@ -120,7 +130,10 @@ class StreamLog:
             "last_event_id": "",
             "input": input_text,
             "metadata": json.dumps(metadata or {}),
+            **(extra or {}),
         }
+        if external:
+            fields["external"] = "1"
         created = await self._create(
             keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())]
         )

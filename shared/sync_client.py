@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
-from runcast.shared.client import AsyncClient, RunHandle, RunStream, StreamItem
+from runcast.shared.client import AsyncClient, RetryOption, RunHandle, RunStream, StreamItem
 
 
 class Client:
@@ -38,6 +38,7 @@ class Client:
 
     @property
     def base_url(self) -> str:
+        """The gateway this client talks to."""
         return self._async.base_url
 
     def __enter__(self) -> Self:
@@ -47,31 +48,61 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Close the HTTP connections and the client's event loop."""
         try:
             self._runner.run(self._async.aclose())
         finally:
             self._runner.close()
 
-    def agents(self, **options: Any) -> list[dict[str, str]]:
-        return self._runner.run(self._async.agents(**options))
+    def agents(self, *, retry: RetryOption = None) -> list[dict[str, str]]:
+        """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
+        return self._runner.run(self._async.agents(retry=retry))
 
-    def create_run(self, agent: str, input: str, metadata: dict[str, Any] | None = None, **options: Any) -> RunHandle:
-        """Retried like `AsyncClient.create_run` (`idempotency_key=`, `retry=`)."""
-        return self._runner.run(self._async.create_run(agent, input, metadata, **options))
+    def create_run(
+        self,
+        agent: str,
+        input: str,
+        metadata: dict[str, Any] | None = None,
+        *,
+        conversation_id: str | None = None,
+        messages: list[dict[str, Any]] | None = None,
+        external: bool = False,
+        idempotency_key: str | None = None,
+        retry: RetryOption = None,
+    ) -> RunHandle:
+        """See `AsyncClient.create_run` (retried safely, with one `Idempotency-Key` per call)."""
+        run = self._async.create_run(
+            agent,
+            input,
+            metadata,
+            conversation_id=conversation_id,
+            messages=messages,
+            external=external,
+            idempotency_key=idempotency_key,
+            retry=retry,
+        )
+        return self._runner.run(run)
+
+    def conversation(self, conversation_id: str) -> dict[str, Any]:
+        """See `AsyncClient.conversation`."""
+        return self._runner.run(self._async.conversation(conversation_id))
 
     def stream(self, run_id: str, token: str, last_event_id: str | None = None, **retry: Any) -> SyncRunStream:
         """The run's events after `last_event_id` (from the start when None), until its terminal event; it
         reconnects and resumes by itself like `AsyncClient.stream`."""
         return SyncRunStream(self._runner, self._async.stream(run_id, token, last_event_id, **retry))
 
-    def status(self, run_id: str, token: str, **options: Any) -> dict[str, Any]:
-        return self._runner.run(self._async.status(run_id, token, **options))
+    def status(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
+        """The run's status and last event id."""
+        return self._runner.run(self._async.status(run_id, token, retry=retry))
 
-    def result(self, run_id: str, token: str, **options: Any) -> dict[str, Any]:
-        return self._runner.run(self._async.result(run_id, token, **options))
+    def result(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
+        """The final StreamingBuffer; raises ConflictError while the run is still going."""
+        return self._runner.run(self._async.result(run_id, token, retry=retry))
 
-    def cancel(self, run_id: str, token: str | None = None, **options: Any) -> dict[str, Any]:
-        return self._runner.run(self._async.cancel(run_id, token, **options))
+    def cancel(self, run_id: str, token: str | None = None, *, retry: RetryOption = None) -> dict[str, Any]:
+        """End the run with an `error` event of type `cancelled` (API key when keys are set, else the token)."""
+        return self._runner.run(self._async.cancel(run_id, token, retry=retry))
 
 
 class SyncRunStream:

@@ -64,7 +64,7 @@ def verify_token(secret: bytes, token: str | None, run_id: str, now: float | Non
         raise TokenInvalid("malformed token") from None
     if not hmac.compare_digest(signature, _sign(secret, payload)):
         raise TokenInvalid("token signature does not match")
-    token_run, _, expiry_text = payload.decode(errors="replace").partition("|")
+    token_run, _, expiry_text = payload.decode(errors="replace").rpartition("|")  # the subject may hold a |
     if not expiry_text.isdigit():
         raise TokenInvalid("malformed token")
     if int(expiry_text) < (time.time() if now is None else now):

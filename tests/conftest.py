@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import httpx
 import pytest
@@ -13,7 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 from runcast.shared.redis_client import cluster_from_url, redis_from_url
 from runcast.shared.streamlog import StreamLog
 from tests.support.faults import start_together
-from tests.support.processes import LIMITED_ENV, GatewayProcess, WorkerProcess
+from tests.support.processes import LIMITED_ENV, GatewayProcess, Process, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sentinel import SentinelTrio
@@ -68,21 +69,32 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
+P = TypeVar("P", bound=Process)
+
+
+def _running(proc: P) -> Iterator[P]:
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
 @pytest.fixture(scope="module")
-def gateway_proc(request: pytest.FixtureRequest) -> Iterator[GatewayProcess]:
+def gateway_proc(module_redis_url: str) -> Iterator[GatewayProcess]:
     """A real `runcast gateway` process (module-scoped: started once per test file)."""
-    url = request.getfixturevalue("module_redis_url")
-    proc = GatewayProcess(url).start()
-    yield proc
-    proc.stop()
+    yield from _running(GatewayProcess(module_redis_url))
 
 
 @pytest.fixture(scope="module")
-def worker_proc(request: pytest.FixtureRequest) -> Iterator[WorkerProcess]:
-    url = request.getfixturevalue("module_redis_url")
-    proc = WorkerProcess(url).start()
-    yield proc
-    proc.stop()
+def second_gateway_proc(module_redis_url: str) -> Iterator[GatewayProcess]:
+    """Another gateway on the same Redis, for viewers that move between gateways."""
+    yield from _running(GatewayProcess(module_redis_url))
+
+
+@pytest.fixture(scope="module")
+def worker_proc(module_redis_url: str) -> Iterator[WorkerProcess]:
+    yield from _running(WorkerProcess(module_redis_url))
 
 
 @pytest.fixture(scope="session")

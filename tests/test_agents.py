@@ -141,7 +141,7 @@ async def test_echo_streams_its_input_back_exactly(real_redis_url: str):
 
 
 def test_load_registry_refuses_handoffs_to_agents_it_does_not_have():
-    assert set(load_registry("runcast.worker.agents:default_registry")) == {"echo", "demo", "triage"}
+    assert set(load_registry("runcast.worker.agents:default_registry")) == {"echo", "demo", "triage", "chat"}
     with pytest.raises(ValueError, match="unknown agents: ghost"):
         load_registry("tests.test_agents:BROKEN_REGISTRY")
     with pytest.raises(ValueError, match="module:attr"):

@@ -112,3 +112,18 @@ async def test_viewer_flags_a_gap_a_duplicate_and_a_missing_terminal_event() -> 
     assert "strictly increasing" in (duplicate.verdict(_tally("1-0", "2-0", "3-0")) or "")
     unfinished, _ = _viewer_after([_sse("1-0"), _sse("2-0")])
     assert unfinished.verdict(_tally("1-0", "2-0")) == "no terminal event"
+
+
+@pytest.mark.slow
+def test_bench_frameworks_prints_runcast_and_jaf_side_by_side() -> None:
+    """`make bench-frameworks` at toy size: both sides run the same jaf-py agent to the end (no timing asserted)."""
+    if not redis_server_available():
+        pytest.skip("the benchmark needs a real redis-server (CI installs it)")
+    args = [sys.executable, "-m", "bench.frameworks", "--runs", "1", "--pause-ms", "1"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    assert "time to first CHUNK, ms" in done.stdout and "jaf-py run_streaming" in done.stdout
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    runcast, jaf = result["runcast (gateway + worker, SSE)"], result["jaf-py run_streaming"]
+    assert runcast["chunks"] == [100] and runcast["first_chunk_chars"] == [len("Your")]  # one CHUNK per delta
+    assert jaf["chunks"] == [8] and jaf["first_chunk_chars"] == [50]  # jaf slices the final text in 50s

@@ -294,3 +294,88 @@ def test_page_shows_a_cancelled_run_and_a_trimmed_log_without_hiding_the_gap(
     assert notices[1] == "cancelled: cancelled by the user"
     assert page_text(driver) == " is 42.", "only what was kept is shown, after the reset notice"
     assert driver.find_element(By.ID, "cancel").get_attribute("disabled") is not None
+
+
+def agent_list(driver: webdriver.Chrome) -> list[tuple[str, str]]:
+    return [
+        (item.find_element(By.CSS_SELECTOR, ".agent-name").text, item.find_element(By.CSS_SELECTOR, ".agent-desc").text)
+        for item in driver.find_elements(By.CSS_SELECTOR, "#agent-list li")
+    ]
+
+
+def input_value(driver: webdriver.Chrome) -> str:
+    return driver.find_element(By.ID, "input").get_attribute("value")
+
+
+def pick_agent(driver: webdriver.Chrome, name: str) -> None:
+    driver.find_element(By.CSS_SELECTOR, f"#agent-list li[data-agent={name}] button").click()
+
+
+def send(driver: webdriver.Chrome, text: str) -> str:
+    """Type `text`, start the run, wait until it is rendered to its end; the run id."""
+    before = text_of(driver, "run-id") if driver.find_element(By.ID, "run-panel").is_displayed() else ""
+    box = driver.find_element(By.ID, "input")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "start").click()
+    run_id = wait(driver, lambda d: text_of(d, "run-id") not in ("", before) and text_of(d, "run-id"), "no new run")
+    wait_until_rendered(driver)
+    return run_id
+
+
+def thread(driver: webdriver.Chrome) -> list[tuple[str, str]]:
+    return [
+        (turn.find_element(By.CSS_SELECTOR, ".turn-user").text, turn.find_element(By.CSS_SELECTOR, ".turn-agent").text)
+        for turn in driver.find_elements(By.CSS_SELECTOR, "#thread .turn")
+    ]
+
+
+def test_page_opens_on_arithmetic_for_the_calculator_agent_and_lists_every_agent(browser: webdriver.Chrome, site: str):
+    driver = browser
+    open_page(driver, site + "/")
+    agents = httpx.get(f"{site}/v1/agents").json()
+    wait(driver, lambda d: len(agent_list(d)) == len(agents), "the agent list never showed")
+    assert agent_list(driver) == [(a["name"], a["description"]) for a in agents]
+    assert driver.find_element(By.ID, "agent").get_attribute("value") == "demo"
+    assert input_value(driver) == "What is (17 + 25) * 3?"
+    assert driver.find_element(By.CSS_SELECTOR, "#agent-list li.active").get_attribute("data-agent") == "demo"
+
+    pick_agent(driver, "chat")  # the input follows the agent while it is the sample...
+    assert driver.find_element(By.ID, "agent").get_attribute("value") == "chat"
+    assert input_value(driver) == "Hi! My name is Ada."
+    box = driver.find_element(By.ID, "input")
+    box.clear()
+    box.send_keys("my own words")
+    pick_agent(driver, "demo")  # ...never over what the user wrote
+    assert input_value(driver) == "my own words"
+
+    send(driver, "What is (17 + 25) * 3?")
+    assert page_text(driver) == "Let me calculate (17 + 25) * 3.\n\nThe answer is 126."
+    assert "→ 126" in driver.find_element(By.CSS_SELECTOR, "#transcript .tool-card.done").text
+
+
+def test_a_second_message_continues_the_conversation(browser: webdriver.Chrome, site: str, shots: Path):
+    driver = browser
+    open_page(driver, site + "/")
+    wait(driver, lambda d: agent_list(d), "the agent list never showed")
+    conversation = text_of(driver, "conversation-id")
+    pick_agent(driver, "chat")
+
+    first = send(driver, "My name is Ada.")
+    assert page_text(driver) == "Earlier messages: 0. You said: My name is Ada."
+    assert thread(driver) == [("My name is Ada.", "Earlier messages: 0. You said: My name is Ada.")]
+    assert driver.find_element(By.CSS_SELECTOR, "#thread .turn-agent").get_attribute("data-agent") == "chat"
+    assert text_of(driver, "start") == "Continue"
+
+    second = send(driver, "What is my name?")
+    assert page_text(driver) == 'Earlier messages: 2. Before, you said "My name is Ada.". You said: What is my name?'
+    assert len(thread(driver)) == 2 and text_of(driver, "turn-count") == "2 turns"
+    token = driver.find_element(By.ID, "share-link").get_attribute("href").split("token=", 1)[1]
+    status = httpx.get(f"{site}/v1/runs/{second}", params={"token": httpx.URL(f"?t={token}").params["t"]}).json()
+    assert status["conversation_id"] == conversation and second != first
+    driver.save_screenshot(str(shots / "conversation.png"))
+
+    driver.find_element(By.ID, "new-conversation").click()
+    assert thread(driver) == [] and text_of(driver, "conversation-id") != conversation
+    send(driver, "Hello again.")
+    assert page_text(driver) == "Earlier messages: 0. You said: Hello again."

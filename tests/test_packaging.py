@@ -62,7 +62,7 @@ def test_code_imports_runcast_names_only():
     bare = re.compile(r"^\s*(from|import) (shared|worker|gateway)\b", re.MULTILINE)
     offenders = [
         str(path.relative_to(ROOT))
-        for folder in (*FOLDERS, "tests", "bench")
+        for folder in (*FOLDERS, "tests", "bench", "tools")
         for path in (ROOT / folder).rglob("*.py")
         if path != Path(__file__).resolve() and bare.search(path.read_text())  # (this file's app imports its own)
     ]
@@ -127,7 +127,7 @@ def test_an_app_with_its_own_shared_worker_gateway_imports_runcast_beside_them(v
     lines = out.splitlines()
     assert lines[:3] == ["the app's own shared", "the app's own worker", "the app's own gateway"]
     assert lines[3].startswith(str(venv)), f"runcast was imported from {lines[3]}, not the installed wheel"
-    assert lines[4] == "['demo', 'echo', 'triage'] runcast.gateway.app runcast.shared.sync_client AsyncClient"
+    assert lines[4] == "['chat', 'demo', 'echo', 'triage'] runcast.gateway.app runcast.shared.sync_client AsyncClient"
 
 
 def test_public_api_resolves_and_the_gateway_never_loads_the_worker(venv: Path, app_dir: Path):

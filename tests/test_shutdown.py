@@ -12,7 +12,6 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -29,22 +28,15 @@ pytestmark = pytest.mark.slow
 GRACE_S = 1
 
 
-@pytest.fixture(scope="module")
-def standby(module_redis_url: str) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(module_redis_url).start()
-    yield proc
-    proc.stop()
-
-
 async def test_gateway_sigterm_ends_streams_promptly_and_viewers_resume_elsewhere(
-    module_redis_url: str, standby: GatewayProcess, http: httpx.AsyncClient
+    module_redis_url: str, gateway_proc: GatewayProcess, http: httpx.AsyncClient
 ):
     worker, leaving = WorkerProcess(module_redis_url), GatewayProcess(module_redis_url, RUNCAST_SHUTDOWN_GRACE_S="3")
     start_together(worker, leaving)
     try:
         text = words(100)  # 2 s: far longer than the shutdown may take
-        run = await create_run(http, standby.url, "echo", text)
-        viewers = [ResumingViewer([leaving.url, standby.url], run["run_id"], run["token"]) for _ in range(10)]
+        run = await create_run(http, gateway_proc.url, "echo", text)
+        viewers = [ResumingViewer([leaving.url, gateway_proc.url], run["run_id"], run["token"]) for _ in range(10)]
         tasks = [asyncio.create_task(v.run(http, timeout_s=30)) for v in viewers]
         ws_messages: list[dict] = []
         ws_closed = asyncio.create_task(ws_viewer(leaving, run, ws_messages))
@@ -91,14 +83,14 @@ async def ws_viewer(gateway: GatewayProcess, run: dict, messages: list[dict]) ->
 
 
 async def test_worker_sigterm_finishes_short_runs_and_ends_long_ones_with_worker_shutdown(
-    module_redis_url: str, standby: GatewayProcess, http: httpx.AsyncClient
+    module_redis_url: str, gateway_proc: GatewayProcess, http: httpx.AsyncClient
 ):
     worker = WorkerProcess(module_redis_url, RUNCAST_JOB_COMPLETION_WAIT_S=str(GRACE_S)).start()
     try:
         short_text, long_text = words(20), words(400)  # 0.4 s (inside the grace) and 8 s (beyond it)
-        long_run = await create_run(http, standby.url, "echo", long_text)
-        short_run = await create_run(http, standby.url, "echo", short_text)
-        viewers = [ResumingViewer([standby.url], r["run_id"], r["token"]) for r in (long_run, short_run)]
+        long_run = await create_run(http, gateway_proc.url, "echo", long_text)
+        short_run = await create_run(http, gateway_proc.url, "echo", short_text)
+        viewers = [ResumingViewer([gateway_proc.url], r["run_id"], r["token"]) for r in (long_run, short_run)]
         tasks = [asyncio.create_task(v.run(http, timeout_s=30)) for v in viewers]
         await wait_until(lambda: all(len(v.received) >= 2 for v in viewers), 15, "both runs started")
 

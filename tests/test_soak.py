@@ -4,8 +4,6 @@ of events and resume on the other gateway with Last-Event-ID, many cycles: 0 los
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from bench.soak import soak
@@ -14,18 +12,16 @@ from tests.support.processes import GatewayProcess, WorkerProcess
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def second_gateway(module_redis_url: str) -> Iterator[GatewayProcess]:
-    proc = GatewayProcess(module_redis_url).start()
-    yield proc
-    proc.stop()
-
-
 async def test_twenty_runs_with_viewers_dropping_and_resuming_lose_and_duplicate_nothing(
-    module_redis_url: str, gateway_proc: GatewayProcess, second_gateway: GatewayProcess, worker_proc: WorkerProcess
+    module_redis_url: str, gateway_proc: GatewayProcess, second_gateway_proc: GatewayProcess, worker_proc: WorkerProcess
 ):
     figures = await soak(
-        [gateway_proc.url, second_gateway.url], module_redis_url, runs=20, viewers_per_run=2, tokens=40, max_burst=6
+        [gateway_proc.url, second_gateway_proc.url],
+        module_redis_url,
+        runs=20,
+        viewers_per_run=2,
+        tokens=40,
+        max_burst=6,
     )
     print(f"\n[soak] {figures.line()}")
     assert figures.runs == 20 and figures.viewers == 40

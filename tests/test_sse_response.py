@@ -296,11 +296,11 @@ async def test_a_disconnect_closes_the_frames_and_returns_while_the_feed_is_wait
     assert frames.closed, "the iterator was closed: the hub unsubscribes"
 
 
-async def test_each_connection_costs_its_own_task_plus_one_helper_and_leaves_none_behind():
-    streams = OpenStreams(shutdown_requested=lambda: False)
-    baseline = len(asyncio.all_tasks())
-    clients = [FakeClient() for _ in range(20)]
-    feeds = [Frames() for _ in clients]
+async def open_responses(
+    count: int, streams: OpenStreams
+) -> tuple[list[Frames], list[FakeClient], list[asyncio.Task[None]]]:
+    """`count` SSE responses registered with `streams`, each started and waiting in its frames loop."""
+    feeds, clients = [Frames() for _ in range(count)], [FakeClient() for _ in range(count)]
     handlers = [
         asyncio.create_task(SSEResponse(f.gen(), ping_s=300, streams=streams)(SCOPE, c.receive, c.send))
         for f, c in zip(feeds, clients, strict=True)
@@ -308,6 +308,13 @@ async def test_each_connection_costs_its_own_task_plus_one_helper_and_leaves_non
     for client in clients:
         await client.wait_sent(1)  # the response has started
         await asyncio.sleep(0.01)  # ...and reached its frames loop
+    return feeds, clients, handlers
+
+
+async def test_each_connection_costs_its_own_task_plus_one_helper_and_leaves_none_behind():
+    streams = OpenStreams(shutdown_requested=lambda: False)
+    baseline = len(asyncio.all_tasks())
+    feeds, clients, handlers = await open_responses(20, streams)
     await asyncio.sleep(0.05)
     assert len(asyncio.all_tasks()) - baseline == 2 * 20 + 1, "handler + one helper each, one shutdown watcher"
     assert len(streams) == 20
@@ -321,14 +328,7 @@ async def test_each_connection_costs_its_own_task_plus_one_helper_and_leaves_non
 
 async def test_close_all_ends_every_open_stream_with_a_clean_end_and_refuses_to_stream_new_ones():
     streams = OpenStreams(shutdown_requested=lambda: False)
-    feeds, clients = [Frames() for _ in range(3)], [FakeClient() for _ in range(3)]
-    handlers = [
-        asyncio.create_task(SSEResponse(f.gen(), ping_s=300, streams=streams)(SCOPE, c.receive, c.send))
-        for f, c in zip(feeds, clients, strict=True)
-    ]
-    for client in clients:
-        await client.wait_sent(1)  # the response has started
-        await asyncio.sleep(0.01)  # ...and reached its frames loop
+    feeds, clients, handlers = await open_responses(3, streams)
     streams.close_all()
     await asyncio.wait_for(asyncio.gather(*handlers), 2)
     for feed, client in zip(feeds, clients, strict=True):

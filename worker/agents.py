@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from runcast.shared.streaming import StreamConfig
+from runcast.shared.streaming import StreamConfig, StreamingEvent
 from runcast.worker.calculator import evaluate
 from runcast.worker.providers.base import ModelProvider, ToolSpec
+from runcast.worker.runnable import RunnableAgent, RunRequest, check_runnable
 
 HANDOFF_PREFIX = "transfer_to_"
 
 
 @dataclass(frozen=True)
 class ModelSettings:
+    """Per agent: the model (default RUNCAST_MODEL), its temperature, and the turns a run may take before it ends with
+    ERROR `max_turns_exceeded`."""
+
     model: str | None = None
     temperature: float | None = None
     max_turns: int = 10
@@ -36,6 +40,7 @@ class Tool:
     timeout_s: float = 30.0
 
     def spec(self) -> ToolSpec:
+        """The tool as the model sees it: name, description, JSON schema of `args_model`."""
         return ToolSpec(self.name, self.description, self.args_model.model_json_schema())
 
 
@@ -57,6 +62,7 @@ class Agent:
     provider: ModelProvider | None = None
 
     def tool(self, name: str) -> Tool | None:
+        """This agent's tool called `name`, if any."""
         return next((t for t in self.tools if t.name == name), None)
 
     def tool_specs(self) -> list[ToolSpec]:
@@ -77,6 +83,24 @@ class Agent:
         if tool_name.startswith(HANDOFF_PREFIX) and tool_name[len(HANDOFF_PREFIX) :] in self.handoffs:
             return tool_name[len(HANDOFF_PREFIX) :]
         return None
+
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+        """The RunnableAgent interface: runcast's own run loop (`runcast.worker.runner`) on the request."""
+        from runcast.worker.runner import run_agent_events  # the runner imports this module
+
+        provider = self.provider or request.provider
+        if provider is None:
+            raise ValueError(f"agent {self.name!r} has no model provider: the request brings none and it has none")
+        own = {name: agent for name, agent in request.registry.items() if isinstance(agent, Agent)}
+        return run_agent_events(
+            self,
+            request.input,
+            provider,
+            registry=own or {self.name: self},
+            run_id=request.run_id,
+            trace_id=request.trace_id,
+            history=list(request.history),
+        )
 
 
 class HandoffArgs(BaseModel):
@@ -117,19 +141,37 @@ default_registry: dict[str, Agent] = {
         handoffs=("demo",),
         description="hands the conversation off to demo",
     ),
+    "chat": Agent(
+        name="chat",
+        instructions=(
+            "You are a friendly assistant in a conversation. Start each answer by saying how many earlier messages "
+            "of this conversation you can see and what the user said before, then answer."
+        ),
+        description="remembers the conversation: says how many earlier messages it sees and what you said before",
+    ),
 }
 
 
-def load_registry(spec: str) -> Mapping[str, Agent]:
-    """Load `module:attr`, a mapping of agent name -> Agent (RUNCAST_AGENTS)."""
+def load_registry(spec: str) -> Mapping[str, RunnableAgent]:
+    """Load `module:attr`, a mapping of agent name -> runnable agent (RUNCAST_AGENTS): runcast `Agent`s and
+    framework adapters (`from_jaf(...)`, ...) side by side."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ValueError(f"RUNCAST_AGENTS must be 'module:attr', got {spec!r}")
     registry = getattr(importlib.import_module(module_name), attr)
-    if not isinstance(registry, Mapping) or not all(isinstance(a, Agent) for a in registry.values()):
-        raise TypeError(f"{spec} is not a mapping of name -> Agent")
-    for agent in registry.values():
+    if not isinstance(registry, Mapping):
+        raise TypeError(f"{spec} is not a mapping of name -> agent")
+    for name, agent in registry.items():
+        check_runnable(name, agent)
+        if not isinstance(agent, Agent):
+            continue  # a framework's handoffs stay inside that framework
         missing = [target for target in agent.handoffs if target not in registry]
         if missing:
             raise ValueError(f"agent {agent.name!r} hands off to unknown agents: {', '.join(missing)}")
+        foreign = [target for target in agent.handoffs if not isinstance(registry[target], Agent)]
+        if foreign:
+            raise ValueError(
+                f"agent {agent.name!r} hands off to {', '.join(foreign)}, which runcast's run loop cannot continue "
+                "(a runcast Agent hands off to runcast Agents; a framework agent's handoffs stay in its framework)"
+            )
     return registry

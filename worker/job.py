@@ -18,14 +18,15 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from runcast.shared.conversations import ConversationStore
 from runcast.shared.keys import meta_key
 from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
 from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
-from runcast.worker.agents import Agent
+from runcast.worker.conversation import end_turn, run_history
 from runcast.worker.heartbeat import run_heartbeat
 from runcast.worker.providers.base import ModelProvider
 from runcast.worker.publisher import publish_events
-from runcast.worker.runner import run_agent_events
+from runcast.worker.runnable import RunnableAgent, RunRequest, run_events
 
 log = logging.getLogger("runcast.worker")
 
@@ -38,9 +39,10 @@ class WorkerState:
     """What every job needs, built once per worker process (see `runcast.worker.settings.startup`)."""
 
     stream_log: StreamLog
-    registry: Mapping[str, Agent]
+    registry: Mapping[str, RunnableAgent]
     provider: ModelProvider
     chunking: StreamConfig = field(default_factory=StreamConfig)
+    conversations: ConversationStore | None = None  # None: limits from the environment (worker/conversation.py)
 
     def chunking_for(self, agent_name: str) -> StreamConfig:
         agent = self.registry.get(agent_name)
@@ -54,6 +56,11 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
     if meta is None:
         log.warning("run %s has no meta (expired?); skipping", run_id)
         return "unknown"
+    if meta.get("external"):
+        # Created for a producer outside the worker (`runcast.publisher`): it is never enqueued, but if it ever
+        # reaches a worker, two writers on one log must not happen.
+        log.warning("run %s belongs to an external producer; not running it", run_id)
+        return meta.get("status", "unknown")
     if meta.get("status") != "queued":
         # Ended while queued (cancel), or already started by a worker that died or was stopped (arq retries jobs
         # it cancelled): never run the agent again on top of a half-published stream.
@@ -65,8 +72,12 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
+        history = await run_history(state, meta)
         async with run_heartbeat(stream_log, run_id):
-            await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
+            request = RunRequest.from_meta(
+                run_id, meta, provider=state.provider, registry=state.registry, history=history
+            )
+            await _run_until_done_or_ended(state, agent, request)
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:
@@ -78,13 +89,15 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         log.exception("run %s failed", run_id)
         with contextlib.suppress(RunEnded, UnknownRun):
             await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
+    await end_turn(state, run_id, meta)
     final = await stream_log.get_meta(run_id)
     return (final or {}).get("status", "unknown")
 
 
-async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str, input_text: str) -> None:
+async def _run_until_done_or_ended(state: WorkerState, agent: RunnableAgent, request: RunRequest) -> None:
     """Publish the agent's events; stop it within CANCEL_POLL_S once the run has been ended from outside."""
-    events = run_agent_events(agent, input_text, state.provider, registry=state.registry, run_id=run_id)
+    run_id = request.run_id
+    events = run_events(agent, request)
     publisher = asyncio.create_task(
         publish_events(events, state.stream_log, run_id, state.chunking_for(agent.name), state.chunking_for),
         name=f"publish:{run_id}",

@@ -9,25 +9,14 @@ calls ends the run: METADATA, then COMPLETE. Failures end it with ERROR (`model_
 
 from __future__ import annotations
 
-import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 
-from runcast.shared.streaming import (
-    StreamingChunk,
-    StreamingError,
-    StreamingEvent,
-    StreamingEventType,
-    StreamingMetadata,
-    StreamingToolCall,
-    StreamingToolResult,
-)
+from runcast.shared.streaming import StreamingEvent
 from runcast.worker.agents import Agent
+from runcast.worker.events import RunEvents
 from runcast.worker.providers.base import Message, ModelError, ModelProvider, TextDelta, ToolCallDelta, Usage
 from runcast.worker.tools import execute_tool, parse_arguments
-
-TURN_SEPARATOR = "\n\n"
-"""Put between two assistant turns' text when neither side has whitespace, so `content` stays readable."""
 
 
 @dataclass
@@ -46,20 +35,6 @@ class PendingCall:
         self.arguments += delta.arguments
 
 
-@dataclass
-class RunProgress:
-    """What the run has produced so far (shared across turns and agents)."""
-
-    content: str = ""
-    deltas: int = 0
-    turns: int = 0
-    tokens: int | None = None
-    history: list[Message] = field(default_factory=list)
-
-    def add_usage(self, usage: Usage) -> None:
-        self.tokens = (self.tokens or 0) + usage.total_tokens
-
-
 async def run_agent_events(
     agent: Agent,
     input_text: str,
@@ -72,30 +47,20 @@ async def run_agent_events(
     history: list[Message] | None = None,
 ) -> AsyncIterator[StreamingEvent]:
     """Run `agent` on `input_text` (after `history`, if any) and yield each event the moment it happens."""
-    started = time.perf_counter()
     registry = registry or {agent.name: agent}
     turn_limit = max_turns if max_turns is not None else agent.model_settings.max_turns
-    progress = RunProgress(history=[*(history or []), Message("user", input_text)])
+    history = [*(history or []), Message("user", input_text)]
+    run = RunEvents(run_id, agent.name, _model_name(agent, provider), trace_id=trace_id)
 
-    def event(event_type: StreamingEventType, data: object) -> StreamingEvent:
-        return StreamingEvent(type=event_type, data=data, run_id=run_id, trace_id=trace_id)  # type: ignore[arg-type]
-
-    def metadata(current: Agent) -> StreamingMetadata:
-        elapsed_ms = round((time.perf_counter() - started) * 1000, 3)
-        used = current.provider or provider
-        model_name = current.model_settings.model or getattr(used, "model", None) or used.name
-        return StreamingMetadata(current.name, model_name, progress.turns, progress.tokens, elapsed_ms)
-
-    yield event(StreamingEventType.START, metadata(agent))
+    yield run.start()
     while True:
-        if progress.turns >= turn_limit:
-            detail = f"the run used its {turn_limit} turns without a final answer"
-            yield event(StreamingEventType.ERROR, StreamingError("max_turns_exceeded", detail))
+        if run.turns >= turn_limit:
+            yield run.error("max_turns_exceeded", f"the run used its {turn_limit} turns without a final answer")
             return
-        progress.turns += 1
+        run.new_turn()
         turn_text, calls = "", {}
         model = agent.provider or provider
-        messages = [Message("system", agent.instructions), *progress.history]
+        messages = [Message("system", agent.instructions), *history]
         try:
             async for delta in model.stream(
                 agent_name=agent.name,
@@ -105,25 +70,21 @@ async def run_agent_events(
                 temperature=agent.model_settings.temperature,
             ):
                 if isinstance(delta, TextDelta) and delta.text:
-                    text = delta.text
-                    if not turn_text and _needs_separator(progress.content, text):
-                        text = TURN_SEPARATOR + text
                     turn_text += delta.text
-                    progress.content += text
-                    progress.deltas += 1
-                    chunk = StreamingChunk(progress.content, text, False, progress.deltas)
-                    yield event(StreamingEventType.CHUNK, chunk)
+                    chunk = run.chunk(delta.text)
+                    if chunk is not None:
+                        yield chunk
                 elif isinstance(delta, ToolCallDelta):
                     calls.setdefault(delta.index, PendingCall()).add(delta)
                 elif isinstance(delta, Usage):
-                    progress.add_usage(delta)
+                    run.add_tokens(delta.total_tokens)
         except ModelError as exc:
-            yield event(StreamingEventType.ERROR, StreamingError("model_error", str(exc)))
+            yield run.error("model_error", str(exc))
             return
         ordered = [calls[i] for i in sorted(calls)]
         for n, call in enumerate(ordered):
-            call.call_id = call.call_id or f"call_{progress.turns}_{n}"
-        progress.history.append(
+            call.call_id = call.call_id or f"call_{run.turns}_{n}"
+        history.append(
             Message(
                 "assistant",
                 turn_text,
@@ -134,43 +95,46 @@ async def run_agent_events(
             )
         )
         if not ordered:
-            yield event(StreamingEventType.METADATA, metadata(agent))
-            yield event(StreamingEventType.COMPLETE, {"content": progress.content})
+            for event in run.finish():
+                yield event
             return
         next_agent: Agent | None = None
         for call in ordered:
             if next_agent is not None:  # calls after a handoff are answered, not run
-                progress.history.append(_tool_message(call, "Not run: the conversation was handed off."))
+                history.append(_tool_message(call, "Not run: the conversation was handed off."))
                 continue
             target = agent.handoff_target(call.name)
             if target is not None and target in registry:
                 next_agent = registry[target]
-                reason = _handoff_reason(call.arguments)
-                switch = {"from_agent": agent.name, "to_agent": target, "reason": reason}
-                yield event(StreamingEventType.AGENT_SWITCH, switch)
-                progress.history.append(_tool_message(call, f"Transferred to {target}."))
+                yield run.agent_switch(target, _handoff_reason(call.arguments))
+                history.append(_tool_message(call, f"Transferred to {target}."))
                 continue
-            async for tool_event in _run_tool(agent, call, progress, event):
+            async for tool_event in _run_tool(agent, call, history, run):
                 yield tool_event
         if next_agent is not None:
             agent = next_agent
+            run.model_name = _model_name(agent, provider)
 
 
-EventFactory = Callable[[StreamingEventType, object], StreamingEvent]
+def _model_name(agent: Agent, provider: ModelProvider) -> str:
+    used = agent.provider or provider
+    return agent.model_settings.model or getattr(used, "model", None) or used.name
 
 
 async def _run_tool(
-    agent: Agent, call: PendingCall, progress: RunProgress, event: EventFactory
+    agent: Agent, call: PendingCall, history: list[Message], run: RunEvents
 ) -> AsyncIterator[StreamingEvent]:
     try:
         arguments = parse_arguments(call.arguments)
     except ValueError:
         arguments = {"_raw": call.arguments}
-    yield event(StreamingEventType.TOOL_CALL, StreamingToolCall(call.name, arguments, call.call_id, "started"))
+    yield run.tool_call(call.name, arguments, call.call_id)
     outcome = await execute_tool(agent.tool(call.name), call.name, call.arguments)
-    result = StreamingToolResult(call.name, call.call_id, outcome.result, outcome.status, outcome.execution_time_ms)
-    yield event(StreamingEventType.TOOL_RESULT, result)
-    progress.history.append(_tool_message(call, outcome.for_model()))
+    failed = outcome.status != "completed"
+    yield run.tool_result(
+        call.name, call.call_id, outcome.result, failed=failed, execution_time_ms=outcome.execution_time_ms
+    )
+    history.append(_tool_message(call, outcome.for_model()))
 
 
 def _tool_message(call: PendingCall, content: str) -> Message:
@@ -182,7 +146,3 @@ def _handoff_reason(raw_arguments: str) -> str:
         return str(parse_arguments(raw_arguments).get("reason", ""))
     except ValueError:
         return ""
-
-
-def _needs_separator(content: str, text: str) -> bool:
-    return bool(content) and not content[-1].isspace() and not text[0].isspace()

@@ -13,6 +13,7 @@ from runcast.shared.sentinel import SentinelUrl
 from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.worker.agents import load_registry
+from runcast.worker.conversation import conversation_store
 from runcast.worker.durable import DurableStreamLog
 from runcast.worker.job import WorkerState, run_agent
 from runcast.worker.providers.base import ModelProvider
@@ -41,6 +42,7 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
         registry=registry,
         provider=build_provider(settings),
         chunking=settings.stream_config(),
+        conversations=conversation_store(redis, settings),
     )
 
 

@@ -29,6 +29,7 @@ class RunState:
 
     @classmethod
     def for_input(cls, agent_name: str, text: str, **kwargs: object) -> RunState:
+        """A run of `agent_name` on one user message."""
         return cls(messages=[Message("user", text)], current_agent_name=agent_name, **kwargs)  # type: ignore[arg-type]
 
 
@@ -79,6 +80,7 @@ class StreamingAgent:
         self.agent_name = agent_name
 
     async def stream_response(self, message: str) -> AsyncIterator[StreamChunk]:
+        """Run the agent on `message`, yielding new text as it arrives, tool calls/results and errors as chunks."""
         state = RunState.for_input(self.agent_name, message)
         sequence = itertools.count()
         async for event in run_streaming(state, self.config):

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, HTTPException, Path, Query, Request
 
 from runcast.gateway.state import GatewayState, get_state
 from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_id
-from runcast.shared.tokens import TokenError, TokenInvalid, verify_token
+from runcast.shared.tokens import TokenError, TokenInvalid, TokenWrongRun, verify_token
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -18,7 +18,7 @@ def bearer(authorization: str | None) -> str | None:
     return None
 
 
-def valid_run_id(run_id: Annotated[str, Path(max_length=64)]) -> str:
+def valid_run_id(run_id: Annotated[str, Path(max_length=64, description="`run_id` from `POST /v1/runs`")]) -> str:
     try:
         return check_run_id(run_id)
     except BadRunId as exc:
@@ -28,8 +28,8 @@ def valid_run_id(run_id: Annotated[str, Path(max_length=64)]) -> str:
 def readable_run(
     run_id: Annotated[str, Depends(valid_run_id)],
     state: Annotated[GatewayState, Depends(get_state)],
-    token: Annotated[str | None, Query(max_length=512, description="the run's subscribe token")] = None,
-    authorization: Annotated[str | None, Header()] = None,
+    token: Annotated[str | None, Query(max_length=512, description="the run's token")] = None,
+    authorization: Annotated[str | None, Header(description="`Bearer <run token>`, instead of `?token=`")] = None,
 ) -> str:
     """The run id, once the caller has shown that run's token (query or bearer header)."""
     try:
@@ -54,18 +54,52 @@ def verify_with_any(secrets: list[bytes], token: str | None, run_id: str) -> Non
 
 def require_api_key(
     state: Annotated[GatewayState, Depends(get_state)],
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <API key>`, required when RUNCAST_API_KEYS is set")
+    ] = None,
 ) -> str | None:
     """When RUNCAST_API_KEYS is set, creating and cancelling runs needs one of them as a bearer token."""
     keys = state.settings.api_keys
     if not keys:
         return None
     given = bearer(authorization)
-    if given is None or not any(hmac.compare_digest(given.encode(), key.encode()) for key in keys):
+    if not is_api_key(given, keys):
         raise HTTPException(
             401, "a valid API key is required: Authorization: Bearer KEY", {"WWW-Authenticate": "Bearer"}
         )
     return given
+
+
+def is_api_key(given: str | None, keys: list[str]) -> bool:
+    return given is not None and any(hmac.compare_digest(given.encode(), key.encode()) for key in keys)
+
+
+def chat_subject(agent: str, chat_id: str) -> str:
+    """What a per-chat token names: one agent's chat (never a run id, which is 32 hex characters)."""
+    return f"chat:{agent}:{chat_id}"
+
+
+def check_chat_access(
+    state: GatewayState, agent: str, chat_id: str, token: str | None, authorization: str | None
+) -> None:
+    """A chat (`/v1/chat/...`) is open when RUNCAST_API_KEYS is not set, like creating runs. Otherwise it takes an
+    API key (a backend) or the chat's own token (a browser; `POST /v1/chat/{agent}/{chat_id}/token`), as a bearer
+    header or `?token=`."""
+    keys = state.settings.api_keys
+    given = token or bearer(authorization)
+    if not keys or is_api_key(given, keys):
+        return
+    if given is None:
+        raise HTTPException(
+            401,
+            "this chat needs an API key or its chat token: Authorization: Bearer ...",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    try:
+        verify_with_any(state.settings.verify_secrets(), given, chat_subject(agent, chat_id))
+    except TokenError as exc:
+        detail = "token is for another chat" if isinstance(exc, TokenWrongRun) else str(exc)
+        raise HTTPException(exc.status_code, detail, headers={"WWW-Authenticate": "Bearer"}) from None
 
 
 def resume_id(
@@ -81,3 +115,18 @@ def resume_id(
     except BadEntryId as exc:
         raise HTTPException(400, f"bad Last-Event-ID: {exc}") from None
     return value
+
+
+def cancellable_run(
+    run_id: Annotated[str, Depends(valid_run_id)],
+    state: Annotated[GatewayState, Depends(get_state)],
+    token: Annotated[str | None, Query(max_length=512, description="the run's token, when no API keys are set")] = None,
+    authorization: Annotated[
+        str | None, Header(description="`Bearer <API key>` when RUNCAST_API_KEYS is set, else `Bearer <run token>`")
+    ] = None,
+) -> str:
+    """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
+    if state.settings.api_keys:
+        require_api_key(state, authorization)
+        return run_id
+    return readable_run(run_id, state, token, authorization)

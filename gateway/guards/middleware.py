@@ -19,6 +19,28 @@ from runcast.gateway.guards.auth import bearer
 from runcast.gateway.guards.limits import CreateRateLimiter, ViewerLimits, key_identity, retry_after_header
 
 VIEWER_PATH = re.compile(r"^/v1/runs/([^/]{1,64})/(events|ws)$")
+CHAT_RESUME_PATH = re.compile(r"^/v1/chat/[^/]+/([^/]{1,128})/stream$")
+CHAT_SEND_PATH = re.compile(r"^/v1/chat/[^/]+/?$")
+"""`POST /v1/chat/{agent}` creates a run (rate-limited like `POST /v1/runs`) and streams it (a viewer)."""
+
+
+def viewer_key(scope: Scope) -> str | None:
+    """What a streaming request counts as for the viewer caps: its run (SSE/WebSocket), its chat (a chat resume), a
+    new run of its own (a chat send); None when it is not a viewer."""
+    path, method = scope.get("path", ""), scope.get("method", "GET")
+    if scope["type"] not in ("http", "websocket"):
+        return None
+    if method == "GET" and (match := VIEWER_PATH.match(path) or CHAT_RESUME_PATH.match(path)):
+        prefix = "chat:" if match.re is CHAT_RESUME_PATH else ""
+        return prefix + match.group(1)
+    if scope["type"] == "http" and method == "POST" and CHAT_SEND_PATH.match(path):
+        return f"new:{id(scope)}"
+    return None
+
+
+def creates_run(scope: Scope) -> bool:
+    path = scope["path"]
+    return scope["method"] == "POST" and (path.rstrip("/") == "/v1/runs" or CHAT_SEND_PATH.match(path) is not None)
 
 
 async def send_json_error(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
@@ -98,11 +120,11 @@ class ViewerLimit:
         return self.limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        match = VIEWER_PATH.match(scope.get("path", "")) if scope["type"] in ("http", "websocket") else None
-        if match is None or (scope["type"] == "http" and scope["method"] != "GET"):
+        run_id = viewer_key(scope)
+        if run_id is None:
             await self.app(scope, receive, send)
             return
-        limits, run_id = self._limits(scope), match.group(1)
+        limits = self._limits(scope)
         refused = limits.try_acquire(run_id)
         if refused is not None:
             await self._refuse(scope, receive, send, refused)
@@ -127,15 +149,16 @@ def _known_key(given: str | None, keys: list[str]) -> bool:
 
 
 class CreateRateLimit:
-    """`POST /v1/runs` at most RUNCAST_CREATE_RATE_LIMIT times per API key per window (all gateways): else 429.
-    Only when RUNCAST_API_KEYS is set: open creation (development, the demo, benchmarks) is not limited."""
+    """`POST /v1/runs` and `POST /v1/chat/{agent}` at most RUNCAST_CREATE_RATE_LIMIT times per API key per window
+    (all gateways): else 429. Only when RUNCAST_API_KEYS is set: open creation (development, the demo, benchmarks) is
+    not limited."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self.limiter: CreateRateLimiter | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"].rstrip("/") != "/v1/runs":
+        if scope["type"] != "http" or not creates_run(scope):
             await self.app(scope, receive, send)
             return
         state: Any = scope["app"].state.runcast

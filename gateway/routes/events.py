@@ -11,7 +11,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
 from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
-from runcast.gateway.routes.runs import _ERRORS, load_meta
+from runcast.gateway.routes.runs import load_meta
+from runcast.gateway.schemas import READ_ERRORS, error_responses
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.wire.frames import sse_batch, sse_reset_frame, ws_message, ws_reset_message
 from runcast.gateway.wire.sse_response import SSEResponse, open_streams
@@ -44,7 +45,28 @@ async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIt
 @router.get(
     "/runs/{run_id}/events",
     name="run_events",
-    responses={**_ERRORS, 200: {"content": {"text/event-stream": {}}}},
+    summary="Follow a run (Server-Sent Events)",
+    response_class=SSEResponse,
+    status_code=200,
+    responses={
+        200: {
+            "description": "one SSE event per stream entry: `id:` the entry id, `event:` its type, `data:` the event",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **READ_ERRORS,
+        **error_responses((503, "Redis unreachable, or a viewer limit reached: retry after `Retry-After`")),
+    },
+    openapi_extra={
+        "parameters": [
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "required": False,
+                "description": "resume after this event id (what browsers' EventSource sends when it reconnects)",
+                "schema": {"type": "string", "maxLength": 64},
+            }
+        ]
+    },
 )
 async def run_events(
     request: Request,
@@ -52,6 +74,9 @@ async def run_events(
     state: Annotated[GatewayState, Depends(get_state)],
     last_event_id: Annotated[str | None, Depends(resume_id)],
 ) -> SSEResponse:
+    """The run's events from the start, or after `Last-Event-ID` (header) / `last_event_id` (query), then live until
+    the terminal event (`complete` or `error`), after which the response ends. `: ping` comments keep an idle
+    connection open (RUNCAST_SSE_PING_S). A resume id older than anything kept gets an `event: reset` first."""
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
     return SSEResponse(

@@ -2,37 +2,141 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from pydantic import BaseModel
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 
+from runcast.gateway import conversations
 from runcast.gateway.guards import idempotency
-from runcast.gateway.guards.auth import readable_run, require_api_key, valid_run_id
-from runcast.gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
+from runcast.gateway.guards.auth import cancellable_run, readable_run, require_api_key
+from runcast.gateway.schemas import (
+    READ_ERRORS,
+    AgentInfo,
+    CancelResponse,
+    ConflictBody,
+    CreateRunRequest,
+    CreateRunResponse,
+    HistoryMessage,
+    RunResult,
+    RunStatus,
+    error_responses,
+)
 from runcast.gateway.state import GatewayState, get_state
+from runcast.shared.conversations import META_CONVERSATION_ID, run_meta_fields
 from runcast.shared.ids import new_run_id
 from runcast.shared.keys import AGENTS_KEY
+from runcast.shared.settings import Settings
 from runcast.shared.streaming import StreamingBuffer, StreamingEvent
 from runcast.shared.streamlog import TERMINAL_STATUSES
 from runcast.shared.tokens import issue_token
 
 router = APIRouter(prefix="/v1", tags=["runs"])
 
-_ERRORS = {code: {"model": ErrorBody} for code in (400, 401, 403, 404)}
 
-
-@router.get("/agents", response_model=list[AgentInfo])
+@router.get(
+    "/agents",
+    summary="List the agents",
+    response_description="one entry per agent, by name",
+    response_model=list[AgentInfo],
+    responses=error_responses(503),
+)
 async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> list[AgentInfo]:
+    """The agents the running workers serve (each worker registers its registry when it starts), by name."""
     agents = await state.redis.hgetall(AGENTS_KEY)
     return [AgentInfo(name=name, description=text) for name, text in sorted(agents.items())]
 
 
+def check_input(settings: Settings, text: str) -> None:
+    size = len(text.encode())
+    if size > settings.max_input_bytes:
+        raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
+
+
+async def check_agent(state: GatewayState, agent: str) -> None:
+    if not await state.redis.hexists(AGENTS_KEY, agent):
+        known = sorted(await state.redis.hkeys(AGENTS_KEY))
+        raise HTTPException(404, f"unknown agent {agent!r}; known agents: {', '.join(known) or 'none'}")
+
+
+def check_history(settings: Settings, messages: list[HistoryMessage] | None) -> list[dict[str, Any]]:
+    """The prior messages as stored: within the limits (else 413), every tool result answering an earlier call."""
+    if not messages:
+        return []
+    if len(messages) > settings.max_history_messages:
+        raise HTTPException(
+            413, f"{len(messages)} prior messages; the limit is {settings.max_history_messages} (keep the newest)"
+        )
+    history = [{k: v for k, v in m.model_dump(exclude_none=True).items() if v != []} for m in messages]
+    size = len(json.dumps(history, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > settings.max_history_bytes:
+        raise HTTPException(413, f"prior messages are {size} bytes; the limit is {settings.max_history_bytes}")
+    calls: set[str] = set()
+    for n, message in enumerate(messages):
+        calls.update(call.id for call in message.tool_calls)
+        if message.role == "tool" and message.tool_call_id not in calls:
+            raise HTTPException(
+                422,
+                f"messages[{n}] answers tool call {message.tool_call_id!r}, which no earlier assistant message made",
+            )
+    return history
+
+
+async def start_run(
+    state: GatewayState,
+    agent: str,
+    input_text: str,
+    *,
+    metadata: dict[str, Any] | None = None,
+    conversation_id: str | None = None,
+    plan: conversations.Plan | None = None,
+    history: list[dict[str, Any]] | None = None,
+    input_id: str | None = None,
+    external: bool = False,
+    run_id: str | None = None,
+) -> str:
+    """Claim the conversation (if any), create the run and enqueue its job; the run id (`run_id`, or a new one).
+    Nothing is created when the claim fails (409), and the conversation is released again when creating the run
+    fails. An `external` run is not enqueued: its own producer publishes it (`runcast.publisher`)."""
+    run_id = run_id or new_run_id()
+    if conversation_id is not None:
+        await conversations.claim(state, conversation_id, run_id, plan)
+    try:
+        fields = run_meta_fields(conversation_id, history, input_id)
+        created = await state.stream_log.create_run(run_id, agent, input_text, metadata, fields, external=external)
+        if created and not external:
+            await enqueue(state, run_id)
+    except BaseException:
+        if conversation_id is not None:
+            await conversations.release(state, conversation_id, run_id)
+        raise
+    return run_id
+
+
+async def enqueue(state: GatewayState, run_id: str) -> None:
+    """Queue the run's job. Safe to repeat: arq ignores a job id it already holds, and a worker only ever starts a
+    run that is still `queued`."""
+    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
+
+
 @router.post(
     "/runs",
+    summary="Start a run",
     status_code=202,
+    response_description="the run is queued; follow it with `events_url` or `ws_url` and `token`",
     response_model=CreateRunResponse,
-    responses={**_ERRORS, 413: {"model": ErrorBody}},
+    responses={
+        **error_responses(
+            (400, "a malformed `Idempotency-Key` (1-128 visible ASCII characters)"),
+            (401, "RUNCAST_API_KEYS is set and no valid key was sent as `Authorization: Bearer KEY`"),
+            (404, "no worker serves this agent"),
+            (413, "input over RUNCAST_MAX_INPUT_BYTES, history over its limits, or body over RUNCAST_MAX_BODY_BYTES"),
+            (422, "a malformed body, both `messages` and `conversation_id`, or a reused `Idempotency-Key`"),
+            (429, "this API key created RUNCAST_CREATE_RATE_LIMIT runs in this window: retry after `Retry-After`"),
+            503,
+        ),
+        409: {"model": ConflictBody, "description": "the conversation has an active run (`active_run_id`)"},
+    },
     dependencies=[Depends(require_api_key)],
 )
 async def create_run(
@@ -44,26 +148,40 @@ async def create_run(
         str | None,
         Header(
             alias=idempotency.HEADER,
-            description="retry-safe creation: a retry with the same key (and body) returns the same run",
+            description="retry-safe creation: a retry with the same key (and body) answers with the same run",
         ),
     ] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> CreateRunResponse:
+    """Start a run of `agent` on `input`. With `messages` the agent first sees those prior messages; with
+    `conversation_id` it sees the conversation's history, and the run's input and final answer join it when the run
+    completes. A conversation has one active run at a time: 409 with `active_run_id` while one is queued or running.
+    With an `Idempotency-Key`, a retried create answers with the run the first attempt made
+    (`Idempotent-Replayed: true`) and finishes what that attempt left undone; it never starts a second run.
+    """
     settings = state.settings
-    size = len(body.input.encode())
-    if size > settings.max_input_bytes:
-        raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
-    if not await state.redis.hexists(AGENTS_KEY, body.agent):
-        known = sorted(await state.redis.hkeys(AGENTS_KEY))
-        raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
+    check_input(settings, body.input)
+    history = check_history(settings, body.messages)
+    if not body.external:  # an external producer's run: `agent` is only a label
+        await check_agent(state, body.agent)
     run_id, replayed = new_run_id(), False
     if idempotency_key is not None:
         bound = await idempotency.claim(state.redis, idempotency_key, authorization, body, run_id, settings.retention_s)
         run_id, replayed = bound.run_id, bound.replayed
-    created = await state.stream_log.create_run(run_id, body.agent, body.input, body.metadata)
-    if created or (await state.stream_log.get_meta(run_id) or {}).get("status") == "queued":
-        # arq ignores a job id it already holds; a worker only starts a run that is still queued
-        await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=settings.queue_name)
+    meta = await state.stream_log.get_meta(run_id) if replayed else None
+    if meta is None:  # a new run, or a replay of one whose first attempt died before storing it
+        await start_run(
+            state,
+            body.agent,
+            body.input,
+            metadata=body.metadata,
+            conversation_id=body.conversation_id,
+            history=history,
+            external=body.external,
+            run_id=run_id,
+        )
+    elif meta.get("status") == "queued" and not meta.get("external"):
+        await enqueue(state, run_id)  # the first attempt may have died before queueing it
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     events_url = str(request.url_for("run_events", run_id=run_id))
@@ -83,10 +201,18 @@ async def load_meta(state: GatewayState, run_id: str) -> dict[str, str]:
     return meta
 
 
-@router.get("/runs/{run_id}", name="run_status", response_model=RunStatus, responses=_ERRORS)
+@router.get(
+    "/runs/{run_id}",
+    name="run_status",
+    summary="A run's status",
+    response_description="the run's status",
+    response_model=RunStatus,
+    responses=READ_ERRORS,
+)
 async def run_status(
     run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
 ) -> RunStatus:
+    """`queued`, `running`, then `completed`, `failed` or `cancelled`, with the id of the run's last event."""
     meta = await load_meta(state, run_id)
     return RunStatus(
         run_id=run_id,
@@ -95,13 +221,21 @@ async def run_status(
         created_at=float(meta.get("created_at") or 0),
         updated_at=float(meta.get("updated_at") or 0),
         last_event_id=meta.get("last_event_id") or None,
+        conversation_id=meta.get(META_CONVERSATION_ID) or None,
     )
 
 
-@router.get("/runs/{run_id}/result", response_model=RunResult, responses={**_ERRORS, 409: {"model": ErrorBody}})
+@router.get(
+    "/runs/{run_id}/result",
+    summary="A finished run's result",
+    response_description="the run has ended: its result",
+    response_model=RunResult,
+    responses={**READ_ERRORS, **error_responses((409, "the run has not ended yet"))},
+)
 async def run_result(
     run_id: Annotated[str, Depends(readable_run)], state: Annotated[GatewayState, Depends(get_state)]
 ) -> RunResult:
+    """Every event of the run folded into one value: the final text, tool calls and results, metadata, error."""
     meta = await load_meta(state, run_id)
     if meta.get("status") not in TERMINAL_STATUSES:
         raise HTTPException(409, f"run is still {meta.get('status')}; the result exists once it ends")
@@ -110,29 +244,20 @@ async def run_result(
     return RunResult(**buffer.to_dict())
 
 
-class CancelResponse(BaseModel):
-    run_id: str
-    status: str
-
-
-def cancellable_run(
-    run_id: Annotated[str, Depends(valid_run_id)],
-    state: Annotated[GatewayState, Depends(get_state)],
-    token: Annotated[str | None, Query(max_length=512, description="the run token, when no API keys are set")] = None,
-    authorization: Annotated[str | None, Header()] = None,
-) -> str:
-    """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
-    if state.settings.api_keys:
-        require_api_key(state, authorization)
-        return run_id
-    return readable_run(run_id, state, token, authorization)
-
-
 @router.post(
     "/runs/{run_id}/cancel",
+    summary="Cancel a run",
     status_code=202,
+    response_description="the run is cancelled (now, or already before)",
     response_model=CancelResponse,
-    responses={**_ERRORS, 409: {"model": ErrorBody}},
+    responses={
+        **READ_ERRORS,
+        **error_responses(
+            (400, "a malformed `Idempotency-Key` (1-128 visible ASCII characters)"),
+            (401, "RUNCAST_API_KEYS is set and no valid key was sent (else: missing, forged or expired token)"),
+            (409, "the run had already completed or failed"),
+        ),
+    },
 )
 async def cancel_run(
     run_id: Annotated[str, Depends(cancellable_run)], state: Annotated[GatewayState, Depends(get_state)]

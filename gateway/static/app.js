@@ -1,5 +1,6 @@
 // The demo page: start a run (or open a shared one from #run=<id>&token=<t>) and render its events as they stream.
 import { subscribe } from "/runcast.js";
+import { conversation, loadAgents, recordTurn } from "/static/composer.js";
 
 const $ = (id) => document.getElementById(id);
 const TERMINAL_STATUS = { complete: "completed" };
@@ -32,24 +33,6 @@ function showError(node, message) {
 function apiHeaders() {
   const key = $("api-key").value.trim();
   return key ? { Authorization: `Bearer ${key}` } : {};
-}
-
-async function loadAgents() {
-  try {
-    const agents = await fetch("/v1/agents").then((r) => r.json());
-    if (!agents.length) return;
-    $("agent").replaceChildren(...agents.map((a) => Object.assign(el("option", "", a.name), { title: a.description })));
-    const prefer = agents.find((a) => a.name === "demo") || agents[0];
-    $("agent").value = prefer.name;
-    describeAgent(agents);
-    $("agent").addEventListener("change", () => describeAgent(agents));
-  } catch {
-    /* the page still works with the default option */
-  }
-}
-
-function describeAgent(agents) {
-  $("agent-desc").textContent = agents.find((a) => a.name === $("agent").value)?.description || "";
 }
 
 /** Renders one run's events into the transcript and the event log. */
@@ -171,10 +154,12 @@ class RunRenderer {
   }
 }
 
-async function showSummary(runId, token, renderer) {
+async function showSummary(runId, token, renderer, turn) {
   const response = await fetch(`/v1/runs/${runId}/result?token=${encodeURIComponent(token)}`);
   if (!response.ok) return;
   const result = await response.json();
+  // a completed run of this page's conversation: its question and answer are now part of the conversation
+  if (turn && turn.conversationId === conversation.id && !result.error) recordTurn(turn.agent, turn.input, result.content);
   const meta = result.metadata || {};
   const facts = [
     ["characters", result.content.length],
@@ -200,9 +185,10 @@ function shareUrl(runId, token) {
   return `${location.origin}/#run=${runId}&token=${encodeURIComponent(token)}`;
 }
 
-async function attach(runId, token, { agent = "", viewer = false } = {}) {
+async function attach(runId, token, { agent = "", viewer = false, turn = null } = {}) {
   current?.sub.close();
   $("run-panel").hidden = false;
+  $("summary").hidden = true; // with the new run id at once: a summary on screen is always this run's
   $("run-id").textContent = runId;
   $("run-agent").textContent = agent;
   $("viewer-badge").hidden = !viewer;
@@ -238,7 +224,7 @@ async function attach(runId, token, { agent = "", viewer = false } = {}) {
         renderer.note(`${info.dropped ? "dropped; " : ""}resuming after ${info.resumeId || "the start"}`);
       }
       if (state === "failed") showError($("run-error"), `Stream failed: ${info.detail || info.httpStatus || "unknown"}`);
-      if (state === "done") showSummary(runId, token, renderer);
+      if (state === "done") showSummary(runId, token, renderer, turn);
     },
   });
   current = { runId, token, sub, renderer };
@@ -248,11 +234,13 @@ async function startRun(event) {
   event.preventDefault();
   showError($("form-error"), "");
   $("start").disabled = true;
+  const agent = $("agent").value;
+  const input = $("input").value;
   try {
     const response = await fetch("/v1/runs", {
       method: "POST",
       headers: { "content-type": "application/json", ...apiHeaders() },
-      body: JSON.stringify({ agent: $("agent").value, input: $("input").value }),
+      body: JSON.stringify({ agent, input, conversation_id: conversation.id }),
     });
     const run = await response.json().catch(() => ({}));
     if (!response.ok) {
@@ -261,7 +249,8 @@ async function startRun(event) {
       return;
     }
     history.replaceState(null, "", `#run=${run.run_id}&token=${encodeURIComponent(run.token)}`);
-    await attach(run.run_id, run.token, { agent: $("agent").value });
+    $("input").value = "";
+    await attach(run.run_id, run.token, { agent, turn: { agent, input, conversationId: conversation.id } });
   } catch (err) {
     showError($("form-error"), `Could not reach the gateway: ${err.message}`);
   } finally {

@@ -4,6 +4,9 @@ It behaves by what the agent offers it, so it drives user agents too:
 - a `transfer_to_<agent>` tool and no handoff yet in the conversation: it says so and calls that tool;
 - a `calculator` tool and arithmetic in the user's input: it calls the calculator (arguments streamed in pieces),
   then answers with the tool's result;
+- an agent whose instructions ask it to say "how many earlier messages" it sees (the built-in `chat` agent): it
+  reports the number of messages before the user's input and quotes the user's previous message, then the input
+  (so a test, or the demo page, can see that the agent was given the conversation's history);
 - otherwise it streams the user's input back, one whitespace-delimited token per delta (echo).
 """
 
@@ -19,6 +22,8 @@ from runcast.worker.providers.base import Message, ModelDelta, TextDelta, ToolCa
 
 _TOKEN_RE = re.compile(r"\s*\S+")
 HANDOFF_PREFIX = "transfer_to_"
+HISTORY_REPORT = "how many earlier messages"
+"""Instructions containing this phrase make the scripted model report the history it was given."""
 
 
 def split_tokens(text: str) -> list[str]:
@@ -90,4 +95,16 @@ class ScriptedProvider:
         expression = find_expression(user_text) if "calculator" in tool_names else None
         if expression is not None:
             return f"Let me calculate {expression}.", ("calculator", {"expression": expression})
+        if any(m.role == "system" and HISTORY_REPORT in m.content for m in messages):
+            return report_history(messages, last_user), None
         return user_text, None
+
+
+def report_history(messages: list[Message], last_user: int) -> str:
+    """`Earlier messages: N.` (every message before the input but the system prompt), the user's previous message
+    if there is one, then the input."""
+    earlier = [m for m in messages[:last_user] if m.role != "system"]
+    previous = next((m.content for m in reversed(earlier) if m.role == "user"), None)
+    said = f' Before, you said "{previous}".' if previous is not None else ""
+    user_text = messages[last_user].content if last_user >= 0 else ""
+    return f"Earlier messages: {len(earlier)}.{said} You said: {user_text}"
