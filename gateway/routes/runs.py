@@ -253,7 +253,6 @@ async def run_result(
     responses={
         **READ_ERRORS,
         **error_responses(
-            (400, "a malformed `Idempotency-Key` (1-128 visible ASCII characters)"),
             (401, "RUNCAST_API_KEYS is set and no valid key was sent (else: missing, forged or expired token)"),
             (409, "the run had already completed or failed"),
         ),
