@@ -100,14 +100,19 @@ def worker_proc(module_redis_url: str) -> Iterator[WorkerProcess]:
 @pytest.fixture(scope="session")
 def limited_gateway(redis_url: str | None) -> Iterator[GatewayProcess]:
     """A gateway (and a worker) whose viewer cap answers 503 and whose create rate limit answers 429 (LIMITED_ENV);
-    one per session, shared by the Python and the JavaScript client tests."""
+    one per session, shared by the Python and the JavaScript client tests. On its own redis-server: its worker must
+    not take other tests' jobs (`gateway.env["RUNCAST_REDIS_URL"]` is that server)."""
     if redis_url is None:
         pytest.skip("needs a real redis-server (not installed here; CI installs it)")
-    gateway, worker = GatewayProcess(redis_url, **LIMITED_ENV), WorkerProcess(redis_url)
-    start_together(gateway, worker)
-    yield gateway
-    gateway.stop()
-    worker.stop()
+    server = RedisServer().start()
+    gateway, worker = GatewayProcess(server.url, **LIMITED_ENV), WorkerProcess(server.url)
+    try:
+        start_together(gateway, worker)
+        yield gateway
+    finally:
+        gateway.stop()
+        worker.stop()
+        server.cleanup()
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,7 @@ async def test_js_create_past_the_rate_limit_waits_out_retry_after_with_one_idem
 
 
 async def test_js_viewer_over_the_viewer_cap_waits_at_least_retry_after_then_gets_the_whole_run(
-    node: str, limited_gateway: GatewayProcess, http: httpx.AsyncClient, module_redis_url: str
+    node: str, limited_gateway: GatewayProcess, http: httpx.AsyncClient
 ):
     async with AsyncClient(limited_gateway.url, LIMITED_API_KEY) as client:
         run = await client.create_run("echo", words(150))
@@ -96,7 +96,7 @@ async def test_js_viewer_over_the_viewer_cap_waits_at_least_retry_after_then_get
     refused = [r for r in result["retries"] if r["status"] == 503]
     assert refused and all(r["retryAfterMs"] == 1000 and 1000 <= r["delayMs"] <= 1500 for r in refused), result
     assert result["done"]["status"] == "done" and result["duplicates"] == 0
-    log = await stored_log(module_redis_url, run.run_id)
+    log = await stored_log(limited_gateway.env["RUNCAST_REDIS_URL"], run.run_id)
     assert [(e["id"], e["type"]) for e in result["events"]] == [(i, t) for i, t, _ in log], "nothing lost or repeated"
 
 
@@ -111,7 +111,7 @@ async def test_js_create_against_a_refused_port_backs_off_then_rejects_with_a_ru
 
 
 async def test_js_stream_through_a_restarting_gateway_backs_off_then_resumes_exactly(
-    node: str, limited_gateway: GatewayProcess, module_redis_url: str
+    node: str, limited_gateway: GatewayProcess
 ):
     async with AsyncClient(limited_gateway.url, LIMITED_API_KEY) as client:
         run = await client.create_run("echo", words(40))
@@ -127,7 +127,7 @@ async def test_js_stream_through_a_restarting_gateway_backs_off_then_resumes_exa
     assert [r["failures"] for r in refused] == [1, 2] and all(r["status"] is None for r in refused)
     assert 100 <= refused[0]["delayMs"] <= 200 and 200 <= refused[1]["delayMs"] <= 400
     assert result["done"]["status"] == "done"
-    log = await stored_log(module_redis_url, run.run_id)
+    log = await stored_log(limited_gateway.env["RUNCAST_REDIS_URL"], run.run_id)
     assert [(e["id"], e["type"]) for e in result["events"]] == [(i, t) for i, t, _ in log]
 
 
