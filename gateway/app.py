@@ -9,8 +9,7 @@ from functools import partial
 from pathlib import Path
 from typing import Annotated
 
-from arq import create_pool
-from arq.connections import ArqRedis, RedisSettings
+from arq.connections import ArqRedis
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
@@ -28,7 +27,8 @@ from runcast.gateway.routes import chat, conversations, events, runs
 from runcast.gateway.schemas import Health, Readiness
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
-from runcast.shared.redis_client import stream_redis
+from runcast.shared.redis_client import queue_redis, stream_redis
+from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streamlog import StreamLog
 
@@ -60,14 +60,16 @@ def create_app(
         secret = conf.secret_bytes()  # refuse to start without RUNCAST_SECRET
         own_redis = redis is None
         client = redis if redis is not None else stream_redis(conf)
-        arq_pool = queue if queue is not None else await create_pool(RedisSettings.from_dsn(conf.queue_url))
+        arq_pool = queue if queue is not None else queue_redis(conf)  # connects lazily: /readyz tells when ready
         stream_log = StreamLog(client, maxlen=conf.stream_maxlen, retention_s=conf.retention_s)
         feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
         sweeper = LostRunSweeper(stream_log, interval_s=conf.sweep_every_s).start()
+        watch = PrimaryWatch([client, arq_pool]).start()  # Sentinel only: leave a demoted primary promptly
         try:
             yield
         finally:
+            await watch.stop()
             await sweeper.stop()
             await feed.close()
             if queue is None:

@@ -11,15 +11,13 @@ A viewer therefore waits at most RUNCAST_WORKER_LOST_S + the sweep interval afte
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from runcast.shared.keys import heartbeat_key
-from runcast.shared.resilience import RUNNING_KEY
+from runcast.shared.resilience import RUNNING_KEY, Periodic
 from runcast.shared.streamlog import StreamLog, UnknownRun
 
 log = logging.getLogger("runcast.gateway.sweeper")
@@ -33,7 +31,9 @@ class LostRunSweeper:
     def __init__(self, stream_log: StreamLog, *, interval_s: float) -> None:
         self.stream_log = stream_log
         self.interval_s = interval_s
-        self._task: asyncio.Task[None] | None = None
+        self._periodic = Periodic(
+            "runcast-lost-run-sweeper", self.sweep_once, interval_s, errors=(RedisError, OSError), logger=log
+        )
 
     async def sweep_once(self) -> list[str]:
         """End every listed run whose heartbeat has expired; returns the runs this call ended."""
@@ -62,21 +62,9 @@ class LostRunSweeper:
                 await redis.zrem(RUNNING_KEY, *stale)
             start += len(run_ids) - len(stale)
 
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.sweep_once()
-            except (RedisError, OSError) as exc:
-                log.warning("lost-run sweep failed (will retry): %s", exc)
-            await asyncio.sleep(self.interval_s)
-
     def start(self) -> LostRunSweeper:
-        self._task = asyncio.create_task(self._loop(), name="runcast-lost-run-sweeper")
+        self._periodic.start()
         return self
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._periodic.stop()

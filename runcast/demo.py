@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import ConnectionPool, Redis
 
 from runcast.gateway.app import create_app
-from runcast.shared.redis_client import redis_from_url, stream_redis
+from runcast.shared.redis_client import queue_redis, redis_from_url, stream_redis
 from runcast.shared.settings import Settings
 from runcast.worker.job import run_agent
 from runcast.worker.settings import build_state
@@ -41,7 +41,7 @@ def real_clients(redis_url: str) -> tuple[Redis, ArqRedis]:
 
 def configured_clients(settings: Settings) -> tuple[Redis, ArqRedis]:
     """Streams on RUNCAST_REDIS_URL (a cluster when RUNCAST_REDIS_CLUSTER is set), the queue on its own URL."""
-    return stream_redis(settings), ArqRedis.from_url(settings.queue_url)  # type: ignore[return-value]
+    return stream_redis(settings), queue_redis(settings)  # type: ignore[return-value]
 
 
 async def build_embedded(settings: Settings, redis: Redis, queue: ArqRedis) -> tuple[FastAPI, Worker]:

@@ -16,6 +16,7 @@ from runcast.shared.client import (
     BadRequest,
     GatewayUnavailable,
     PermissionDenied,
+    RetryPolicy,
     RuncastClient,
     RuncastError,
     RunHandle,
@@ -25,6 +26,10 @@ from runcast.shared.ids import BadEntryId, BadRunId, check_run_id, parse_entry_i
 from runcast.terminal import Progress, RunView, final_status, make_view
 
 EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+QUICK = RetryPolicy(max_retries=2, budget_s=3.0)
+"""The first requests of `run` and `tail`: a mistyped URL is said within a second, a brief 503 or 429 is waited out
+(longer outages are the stream's job, which retries with the client's full policy)."""
 
 
 def describe(exc: RuncastError, url: str, run_id: str | None = None) -> str:
@@ -93,7 +98,7 @@ async def _session(
     try:
         async with client:
             if create is not None:
-                handle: RunHandle = await client.create_run(*create)
+                handle: RunHandle = await client.create_run(*create, retry=QUICK)
                 run_id, token = handle.run_id, handle.token
                 progress.run_id, progress.agent = run_id, create[0]
                 err.write(
@@ -101,7 +106,7 @@ async def _session(
                     f"  runcast tail {run_id} --url {url} --token {token}\n"
                 )
             assert run_id is not None and token is not None
-            status = await client.status(run_id, token)  # fails fast (no retries) on URL, token or run mistakes
+            status = await client.status(run_id, token, retry=QUICK)  # fails fast on URL, token or run mistakes
             progress.agent, progress.status = status.get("agent", ""), status.get("status", "queued")
             view = make_view(progress, out, err, as_json=as_json)
             return await follow(client, run_id, token, from_id, view)

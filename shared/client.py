@@ -9,24 +9,42 @@ async with AsyncClient("http://127.0.0.1:8000") as client:
 
 `stream()` survives disconnects on its own: when the connection drops (or the server ends the response before the
 run's terminal event), it reconnects with backoff and resumes with `Last-Event-ID` = the last id it delivered, so the
-caller sees every event exactly once. Retries are bounded: `max_retries` failed attempts in a row raise
-`GatewayUnavailable`. A `reset` (the resume point was trimmed away, SPEC §6) is surfaced as a `ResetEvent`, never a
-silent gap. HTTP answers that retrying cannot fix (400/401/403/404/...) raise at once as typed `RuncastError`s.
+caller sees every event exactly once. A `reset` (the resume point was trimmed away, SPEC §6) is surfaced as a
+`ResetEvent`, never a silent gap.
+
+Every request, creates included, is retried on 503/429/5xx and refused or broken connections, with jittered backoff
+that honours `Retry-After` (`runcast.shared.retry`), until the retry budget is spent; then a typed error
+(`GatewayUnavailable`, `RateLimited`). Creates are safe to retry because each `create_run` call sends its own
+`Idempotency-Key`: a retry of a create that did happen returns the same run instead of starting a second one.
+HTTP answers that retrying cannot fix (400/401/403/404/...) raise at once as typed `RuncastError`s.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple, Self
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple, Self, TypeVar
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
 
+from runcast.shared.client_errors import (
+    AuthenticationError,
+    BadRequest,
+    ConflictError,
+    GatewayUnavailable,
+    PermissionDenied,
+    RateLimited,
+    RuncastError,
+    RunNotFound,
+    error_for,
+    raise_for_status,
+    unreachable,
+)
 from runcast.shared.ids import entry_key
+from runcast.shared.retry import Retrier, RetryPolicy
 from runcast.shared.streaming import StreamingEvent
 
 __all__ = [
@@ -36,96 +54,21 @@ __all__ = [
     "ConflictError",
     "GatewayUnavailable",
     "PermissionDenied",
+    "RateLimited",
     "ResetEvent",
+    "RetryPolicy",
     "RunHandle",
     "RunNotFound",
     "RunStream",
     "RuncastClient",
     "RuncastError",
     "StreamItem",
+    "error_for",
 ]
 
-
-class RuncastError(Exception):
-    """An error answer from the gateway (or none at all). `status_code` is the HTTP status when there was one."""
-
-    status_code: int | None = None
-
-    def __init__(self, detail: str, status_code: int | None = None) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        if status_code is not None:
-            self.status_code = status_code
-
-
-class BadRequest(RuncastError):
-    """400, 413, 422: the request itself is wrong (bad run id, bad resume id, input too large, bad body)."""
-
-
-class AuthenticationError(RuncastError):
-    """401: missing, forged or expired run token, or a missing/wrong API key."""
-
-
-class PermissionDenied(RuncastError):
-    """403: the token is valid but for another run."""
-
-
-class RunNotFound(RuncastError):
-    """404: unknown run (or expired after its retention period), or unknown agent."""
-
-
-class ConflictError(RuncastError):
-    """409: e.g. the result of a run that is still going, or a conversation that has an active run
-    (`active_run_id`)."""
-
-    active_run_id: str | None = None
-
-
-class GatewayUnavailable(RuncastError):
-    """The gateway could not be reached, or kept failing (5xx, dropped connections) beyond the retry budget."""
-
-
-_ERRORS_BY_STATUS: dict[int, type[RuncastError]] = {
-    400: BadRequest,
-    401: AuthenticationError,
-    403: PermissionDenied,
-    404: RunNotFound,
-    409: ConflictError,
-    413: BadRequest,
-    422: BadRequest,
-}
-
-
-def error_for(status_code: int, detail: str) -> RuncastError:
-    """The exception for an HTTP error status: 5xx are retryable (`GatewayUnavailable`), other 4xx are not."""
-    if status_code >= 500:
-        return GatewayUnavailable(detail, status_code)
-    return _ERRORS_BY_STATUS.get(status_code, RuncastError)(detail, status_code)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200] or response.reason_phrase
-    detail = body.get("detail") if isinstance(body, dict) else None
-    if isinstance(detail, list):  # FastAPI validation errors
-        return "; ".join(str(item.get("msg", item)) for item in detail if isinstance(item, dict)) or str(detail)
-    return str(detail) if detail is not None else json.dumps(body)[:200]
-
-
-async def _raise_for_status(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    if not response.is_closed:
-        await response.aread()
-    error = error_for(response.status_code, _detail(response))
-    if isinstance(error, ConflictError):
-        try:
-            error.active_run_id = response.json().get("active_run_id")
-        except (ValueError, AttributeError):
-            pass
-    raise error
+T = TypeVar("T")
+RetryOption = RetryPolicy | bool | None
+"""Per call: a RetryPolicy, False (one attempt), or None (the client's policy)."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +119,9 @@ class RunStream:
     """An async iterator over one run's events that reconnects and resumes by itself.
 
     Attributes the caller may watch while iterating: `last_event_id` (the resume point), `reconnects` (attempts to
-    reconnect so far), `connections` (requests opened). `on_retry(failures, delay_s, exc)` is called before each wait.
+    reconnect so far), `connections` (requests opened), `delays` (every wait so far, seconds).
+    `on_retry(failures, delay_s, exc)` is called before each wait. Retries follow `retry` (default: the client's
+    policy); `max_retries`, `backoff_s` and `max_backoff_s` override its fields.
     """
 
     def __init__(
@@ -186,9 +131,10 @@ class RunStream:
         token: str,
         last_event_id: str | None = None,
         *,
-        max_retries: int = 8,
-        backoff_s: float = 0.2,
-        max_backoff_s: float = 5.0,
+        retry: RetryPolicy | None = None,
+        max_retries: int | None = None,
+        backoff_s: float | None = None,
+        max_backoff_s: float | None = None,
         on_retry: Callable[[int, float, Exception], None] | None = None,
     ) -> None:
         self._client = client
@@ -196,18 +142,19 @@ class RunStream:
         self.run_id = run_id
         self.token = token
         self.last_event_id = last_event_id
-        self.max_retries = max_retries
-        self.backoff_s = backoff_s
-        self.max_backoff_s = max_backoff_s
+        overrides = {"max_retries": max_retries, "base_s": backoff_s, "cap_s": max_backoff_s}
+        self.retry = replace(retry or client.retry, **{k: v for k, v in overrides.items() if v is not None})
         self.reconnects = 0
         self.connections = 0
+        self.delays: list[float] = []
         self.finished = False
 
     def __aiter__(self) -> AsyncIterator[StreamItem]:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[StreamItem]:
-        failures = 0
+        retrier = Retrier(self.retry, self.on_retry)
+        retrier.delays = self.delays
         while not self.finished:
             if self.connections:
                 self.reconnects += 1
@@ -215,7 +162,7 @@ class RunStream:
             try:
                 async for item in self._connect():
                     got_any = True
-                    failures = 0
+                    retrier.reset()
                     yield item
                     if item.is_terminal:
                         self.finished = True
@@ -224,23 +171,25 @@ class RunStream:
                     self.finished = True
                     return
                 raise _Dropped("the server ended the stream before the run's terminal event")
-            except (_Dropped, httpx.TransportError, GatewayUnavailable) as exc:
-                if not got_any:
-                    failures += 1
-                if failures > self.max_retries:
+            except (_Dropped, httpx.TransportError, GatewayUnavailable, RateLimited) as exc:
+                if got_any:  # it was delivering: resume at once (a failure right after counts as the first)
+                    await retrier.wait(0.0, exc)
+                    continue
+                delay = retrier.next_delay(exc, getattr(exc, "retry_after", None))
+                if delay is None:
                     raise GatewayUnavailable(
-                        f"gave up after {failures} failed attempts to stream run {self.run_id}: {exc}"
+                        f"gave up after {retrier.failures} failed attempts to stream run {self.run_id}: {exc}",
+                        getattr(exc, "status_code", None),
+                        retry_after=getattr(exc, "retry_after", None),
+                        attempts=retrier.failures,
                     ) from exc
-                delay = self._delay(failures)
-                if self.on_retry is not None:
-                    self.on_retry(failures, delay, exc)
-                await asyncio.sleep(delay)
+                await retrier.wait(delay, exc)
 
     async def _ended_before_us(self) -> bool:
         """After a response that ended without a terminal event: True when the run had in fact already ended at or
         before our resume point (we resumed after its terminal event). A run that expired meanwhile raises
         RunNotFound; anything else means the connection was cut and we resume."""
-        status = await self._client.status(self.run_id, self.token)
+        status = await self._client.status(self.run_id, self.token, retry=False)  # the stream's own loop retries
         last = status.get("last_event_id")
         return (
             status.get("status") in ("completed", "failed", "cancelled")
@@ -248,13 +197,6 @@ class RunStream:
             and last is not None
             and entry_key(last) <= entry_key(self.last_event_id)
         )
-
-    def _delay(self, failures: int) -> float:
-        """Exponential backoff with full jitter; an immediate first retry after a stream that was delivering."""
-        if failures == 0:
-            return 0.0
-        ceiling = min(self.max_backoff_s, self.backoff_s * 2 ** (failures - 1))
-        return random.uniform(ceiling / 2, ceiling)
 
     async def _connect(self) -> AsyncIterator[StreamItem]:
         headers = {"Authorization": f"Bearer {self.token}", "Accept": "text/event-stream"}
@@ -265,7 +207,7 @@ class RunStream:
         async with aconnect_sse(
             self._client.http, "GET", url, headers=headers, timeout=self._client.stream_timeout
         ) as src:
-            await _raise_for_status(src.response)
+            await raise_for_status(src.response)
             content_type = src.response.headers.get("content-type", "")
             if not content_type.startswith("text/event-stream"):
                 raise RuncastError(f"{url} answered {content_type or 'no content type'}, not an event stream")
@@ -292,7 +234,10 @@ class RunStream:
 class AsyncClient:
     """Async client for one gateway (or a load balancer in front of several; any gateway can resume any run).
 
-    `api_key` is sent as `Authorization: Bearer` when creating and cancelling runs (RUNCAST_API_KEYS).
+    `api_key` is sent as `Authorization: Bearer` when creating and cancelling runs (RUNCAST_API_KEYS). `retry` is how
+    every request and stream retries (`RetryPolicy()`: 8 retries, 0.2 s doubling to 5 s, 120 s of waiting at most);
+    each method takes `retry=` to override it for one call (`False`: a single attempt). `on_retry(failures, delay_s,
+    exc)` hears of every wait of a request (streams take their own, `stream(..., on_retry=)`).
     """
 
     def __init__(
@@ -303,6 +248,8 @@ class AsyncClient:
         timeout: float = 10.0,
         stream_read_timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[int, float, Exception], None] | None = None,
     ) -> None:
         try:
             parsed = httpx.URL(base_url)
@@ -312,6 +259,8 @@ class AsyncClient:
             raise BadRequest(f"gateway URL must look like http://host:port, got {base_url!r}")
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
         self.http = http or httpx.AsyncClient(timeout=timeout)
         self._own_http = http is None
         # Reads on a stream may wait for the next event; the server pings every 15 s, so 60 s of silence is a dead
@@ -336,19 +285,38 @@ class AsyncClient:
     def _key_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self.http.request(method, self.url(path), **kwargs)
-        except httpx.TransportError as exc:
-            raise GatewayUnavailable(
-                f"cannot reach the gateway at {self.base_url}: {exc or type(exc).__name__}"
-            ) from exc
-        await _raise_for_status(response)
-        return response
+    async def _request(self, method: str, path: str, *, retry: RetryOption = None, **kwargs: Any) -> httpx.Response:
+        async def once() -> httpx.Response:
+            try:
+                response = await self.http.request(method, self.url(path), **kwargs)
+            except httpx.TransportError as exc:
+                raise unreachable(self.base_url, exc) from exc
+            await raise_for_status(response)
+            return response
 
-    async def agents(self) -> list[dict[str, str]]:
+        return await self.retrying(once, retry)
+
+    async def retrying(self, call: Callable[[], Awaitable[T]], retry: RetryOption = None) -> T:
+        """Run `call` until it succeeds, waiting between attempts that fail with a retryable RuncastError."""
+        if isinstance(retry, RetryPolicy):
+            policy = retry
+        else:
+            policy = replace(self.retry, max_retries=0) if retry is False else self.retry
+        retrier = Retrier(policy, self.on_retry)
+        while True:
+            try:
+                return await call()
+            except RuncastError as exc:
+                if not exc.retryable:
+                    raise
+                delay = retrier.next_delay(exc, exc.retry_after)
+                if delay is None:
+                    raise exc.gave_up(retrier.failures) from exc
+                await retrier.wait(delay, exc)
+
+    async def agents(self, *, retry: RetryOption = None) -> list[dict[str, str]]:
         """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
-        return (await self._request("GET", "/v1/agents")).json()
+        return (await self._request("GET", "/v1/agents", retry=retry)).json()
 
     async def create_run(
         self,
@@ -359,12 +327,18 @@ class AsyncClient:
         conversation_id: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         external: bool = False,
+        idempotency_key: str | None = None,
+        retry: RetryOption = None,
     ) -> RunHandle:
         """Start a run. `conversation_id`: continue that conversation (the agent sees its history; the run's turn is
         added when it completes; ConflictError with `active_run_id` while another run of it is going). `messages`:
         prior messages (`{"role": "user" | "assistant" | "tool", "content": ...}`) for this run alone.
         `external=True`: the run is published by your own producer through `runcast.publisher`, not a worker.
-        `RunNotFound` for an unknown agent."""
+        `RunNotFound` for an unknown agent.
+
+        Retried like every request, safely: all attempts carry the same `Idempotency-Key`, so a retry of a create
+        that did happen answers with that run (a fresh key per call unless `idempotency_key` is given: pass your own
+        to make a create safe to repeat across restarts of your program too)."""
         body: dict[str, Any] = {"agent": agent, "input": input}
         if metadata is not None:
             body["metadata"] = metadata
@@ -374,7 +348,8 @@ class AsyncClient:
             body["messages"] = messages
         if external:
             body["external"] = True
-        data = (await self._request("POST", "/v1/runs", json=body, headers=self._key_headers())).json()
+        headers = {**self._key_headers(), "Idempotency-Key": idempotency_key or uuid.uuid4().hex}
+        data = (await self._request("POST", "/v1/runs", json=body, headers=headers, retry=retry)).json()
         return RunHandle(**{name: data[name] for name in RunHandle.__dataclass_fields__})
 
     async def conversation(self, conversation_id: str) -> dict[str, Any]:
@@ -385,18 +360,21 @@ class AsyncClient:
         """The run's events after `last_event_id` (from the start when None), until its terminal event."""
         return RunStream(self, run_id, token, last_event_id, **retry)
 
-    async def status(self, run_id: str, token: str) -> dict[str, Any]:
+    async def status(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
         """`{"status": "queued" | "running" | "completed" | "failed" | "cancelled", "last_event_id": ..., ...}`."""
-        return (await self._request("GET", f"/v1/runs/{run_id}", params={"token": token})).json()
+        return (await self._request("GET", f"/v1/runs/{run_id}", params={"token": token}, retry=retry)).json()
 
-    async def result(self, run_id: str, token: str) -> dict[str, Any]:
+    async def result(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
         """The final StreamingBuffer; raises ConflictError while the run is still going."""
-        return (await self._request("GET", f"/v1/runs/{run_id}/result", params={"token": token})).json()
+        path = f"/v1/runs/{run_id}/result"
+        return (await self._request("GET", path, params={"token": token}, retry=retry)).json()
 
-    async def cancel(self, run_id: str, token: str | None = None) -> dict[str, Any]:
-        """Ask the gateway to end the run with an `error` event of type `cancelled` (API key when keys are set)."""
+    async def cancel(self, run_id: str, token: str | None = None, *, retry: RetryOption = None) -> dict[str, Any]:
+        """Ask the gateway to end the run with an `error` event of type `cancelled` (API key when keys are set).
+        Idempotent on the gateway, so retried like every request."""
         params = {"token": token} if token else None
-        response = await self._request("POST", f"/v1/runs/{run_id}/cancel", headers=self._key_headers(), params=params)
+        path = f"/v1/runs/{run_id}/cancel"
+        response = await self._request("POST", path, headers=self._key_headers(), params=params, retry=retry)
         return response.json() if response.content else {}
 
 

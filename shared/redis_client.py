@@ -2,14 +2,23 @@
 
 Two Redis roles: the *stream log* (run streams, meta hashes, the agents hash), which may be a Redis Cluster, and the
 *job queue* (arq), which is always a plain Redis because arq's enqueue is a MULTI over keys in different slots.
+
+Either role may be a primary watched by Redis Sentinel, named by a `redis+sentinel://` URL
+(`runcast.shared.sentinel`); every function here accepts one wherever it accepts a `redis://` URL.
 """
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+from arq.connections import ArqRedis
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ReadOnlyError
 
+from runcast.shared.resilience import TRANSIENT_ERRORS
+from runcast.shared.sentinel import SentinelUrl
 from runcast.shared.settings import Settings
 
 AnyRedis: TypeAlias = Redis | RedisCluster
@@ -17,9 +26,19 @@ AnyRedis: TypeAlias = Redis | RedisCluster
 
 _OPTIONS: dict[str, object] = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
 
+_READONLY_RECONNECTS: dict[str, object] = {"retry_on_error": [ReadOnlyError], "retry": Retry(NoBackoff(), 0)}
+"""A connection that gets `READONLY` is closed (no command is retried here: appends must not be re-sent blindly, see
+`runcast.worker.durable`), so the caller's retry opens a new one: after a failover behind a DNS name or a proxy
+(managed Redis services do that), a pooled connection to the demoted primary would otherwise get READONLY for ever."""
+
 
 def redis_from_url(url: str, **options: object) -> Redis:
-    return Redis.from_url(url, **{**_OPTIONS, **options})  # type: ignore[arg-type]
+    """A client for `redis://`, `rediss://`, `unix://` or `redis+sentinel://` (the current primary) URLs."""
+    merged = {**_OPTIONS, **_READONLY_RECONNECTS, **options}
+    target = SentinelUrl.parse(url)
+    if target is not None:
+        return target.master(**merged)
+    return Redis.from_url(url, **merged)  # type: ignore[arg-type]
 
 
 def cluster_from_url(url: str, **options: object) -> RedisCluster:
@@ -32,6 +51,24 @@ def stream_redis(settings: Settings) -> AnyRedis:
     if settings.redis_cluster:
         return cluster_from_url(settings.redis_url)
     return redis_from_url(settings.redis_url)
+
+
+def queue_retry(settings: Settings) -> dict[str, Any]:
+    """arq's connection options: commands retried with backoff through a lost connection or a failover, so the
+    worker's poll loop, job bookkeeping and the gateway's enqueue survive a Redis restart."""
+    return {
+        "retry_on_error": list(TRANSIENT_ERRORS),
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=max(int(settings.redis_retry_s), 1)),
+        "socket_connect_timeout": 1.0,
+    }
+
+
+def queue_redis(settings: Settings) -> ArqRedis:
+    """The arq job-queue client (bytes, not decoded: arq pickles jobs) for the gateway's enqueue and the worker."""
+    target = SentinelUrl.parse(settings.queue_url)
+    if target is not None:
+        return target.master(redis_class=ArqRedis, **queue_retry(settings))
+    return ArqRedis.from_url(settings.queue_url, **queue_retry(settings))  # type: ignore[return-value]
 
 
 def is_cluster(client: object) -> bool:

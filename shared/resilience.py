@@ -5,11 +5,13 @@
   an index for the sweeper: the truth is each run's own `heartbeat_key(run_id)`, a short-TTL key the worker refreshes.
 - `retry_transient`: retry an idempotent Redis call through a lost connection or a restarting server, with
   exponential backoff and jitter (redis-py's own `EqualJitterBackoff`), until a deadline.
+- `Periodic`: a background task that calls one step every few seconds and outlives the step's failures.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -17,15 +19,25 @@ from typing import TypeVar
 
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runcast.shared.keys import PREFIX
 
 RUNNING_KEY = f"{PREFIX}:running"
 
-TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
-"""What a lost connection, a killed client or a restarting (LOADING) server raise: worth retrying. Anything else is a
-bug to surface."""
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ReadOnlyError,
+    OSError,
+    TimeoutError,
+)
+"""What a lost connection, a killed client, a restarting (LOADING) server or a failover raise: worth retrying.
+`ReadOnlyError` (`READONLY`) is a write reaching a replica: a primary demoted by Sentinel, or a client that has not yet
+followed the failover. A Sentinel-managed connection turns it into a ConnectionError and re-asks the sentinels for the
+primary; a plain connection (a failover behind a DNS name or a proxy) reconnects when retried. Sentinel's own
+`MasterNotFoundError` (no primary while the failover runs) is a ConnectionError. Anything else is a bug to surface."""
 
 log = logging.getLogger("runcast.resilience")
 T = TypeVar("T")
@@ -74,3 +86,43 @@ async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff) ->
             continue
         backoff.reset()
         return result
+
+
+class Periodic:
+    """Calls `step()` at once, then every `interval_s`, in a background task until `stop()`. A step that raises one
+    of `errors` is logged and tried again next time: a Redis blip never ends the loop."""
+
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], Awaitable[object]],
+        interval_s: float,
+        *,
+        errors: tuple[type[BaseException], ...] = (Exception,),
+        logger: logging.Logger = log,
+    ) -> None:
+        self.name = name
+        self.step = step
+        self.interval_s = interval_s
+        self.errors = errors
+        self.logger = logger
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.step()
+            except self.errors as exc:
+                self.logger.warning("%s failed (will retry): %r", self.name, exc)
+            await asyncio.sleep(self.interval_s)

@@ -8,13 +8,18 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from runcast.shared.sentinel import SentinelUrl
 from runcast.shared.streaming import StreamConfig
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="RUNCAST_", extra="ignore")
+    # hide_input_in_errors: a refused setting must not echo secrets (a Redis URL's password, RUNCAST_SECRET) to logs
+    model_config = SettingsConfigDict(env_prefix="RUNCAST_", extra="ignore", hide_input_in_errors=True)
 
-    redis_url: str = "redis://localhost:6379/0"
+    redis_url: str = Field(
+        "redis://localhost:6379/0",
+        description="redis://, rediss://, unix:// or redis+sentinel://host:port[,host:port...]/service[/db]",
+    )
     redis_cluster: bool = Field(
         False, description="RUNCAST_REDIS_URL names a Redis Cluster node: run streams and meta spread over the cluster"
     )
@@ -115,6 +120,18 @@ class Settings(BaseSettings):
                 "RUNCAST_REDIS_CLUSTER=true needs RUNCAST_QUEUE_REDIS_URL: arq's job queue cannot live on a Redis "
                 "Cluster (its enqueue is one MULTI over keys in different slots); point it at a plain Redis"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _check_sentinel_urls(self) -> Settings:
+        for name in ("redis_url", "queue_redis_url"):
+            url = getattr(self, name)
+            try:
+                target = SentinelUrl.parse(url) if url else None
+            except ValueError as exc:
+                raise ValueError(f"RUNCAST_{name.upper()}: {exc}") from None
+            if target is not None and self.redis_cluster and name == "redis_url":
+                raise ValueError("RUNCAST_REDIS_CLUSTER=true needs a cluster node's redis:// URL, not a Sentinel URL")
         return self
 
     @property

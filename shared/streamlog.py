@@ -40,9 +40,12 @@ return id
 
 # KEYS: meta.  ARGV: retention_s, then field/value pairs. One atomic step on one key, so it works unchanged on a
 # Redis Cluster (redis-py's cluster client has no MULTI) and a crash can never leave a meta hash without its TTL.
+# Returns 0 (and changes nothing) when the run already exists: a replayed create never resets a run that started.
 _CREATE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 
@@ -113,8 +116,9 @@ class StreamLog:
         extra: dict[str, str] | None = None,
         *,
         external: bool = False,
-    ) -> None:
-        """A queued run. `extra`: more meta fields (e.g. `conversation_id`, `history`: see
+    ) -> bool:
+        """A queued run; False, changing nothing, when the run already exists (a replayed create, see
+        `runcast.gateway.guards.idempotency`). `extra`: more meta fields (e.g. `conversation_id`, `history`: see
         `runcast.shared.conversations`). `external`: its events come from a producer outside runcast's workers (the
         publish API, `runcast.publisher`), which claims it; no worker runs it."""
         now = _now()
@@ -130,7 +134,10 @@ class StreamLog:
         }
         if external:
             fields["external"] = "1"
-        await self._create(keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())])
+        created = await self._create(
+            keys=[meta_key(run_id)], args=[self.retention_s, *chain.from_iterable(fields.items())]
+        )
+        return bool(created)
 
     async def append(self, run_id: str, event: StreamingEvent) -> str:
         return await self.append_many(run_id, [event])

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any, Self
 
-from runcast.shared.client import AsyncClient, RunHandle, RunStream, StreamItem
+from runcast.shared.client import AsyncClient, RetryOption, RunHandle, RunStream, StreamItem
 
 
 class Client:
@@ -54,9 +54,9 @@ class Client:
         finally:
             self._runner.close()
 
-    def agents(self) -> list[dict[str, str]]:
+    def agents(self, *, retry: RetryOption = None) -> list[dict[str, str]]:
         """The agents the workers serve: `[{"name": ..., "description": ...}]`."""
-        return self._runner.run(self._async.agents())
+        return self._runner.run(self._async.agents(retry=retry))
 
     def create_run(
         self,
@@ -67,10 +67,19 @@ class Client:
         conversation_id: str | None = None,
         messages: list[dict[str, Any]] | None = None,
         external: bool = False,
+        idempotency_key: str | None = None,
+        retry: RetryOption = None,
     ) -> RunHandle:
-        """See `AsyncClient.create_run`."""
+        """See `AsyncClient.create_run` (retried safely, with one `Idempotency-Key` per call)."""
         run = self._async.create_run(
-            agent, input, metadata, conversation_id=conversation_id, messages=messages, external=external
+            agent,
+            input,
+            metadata,
+            conversation_id=conversation_id,
+            messages=messages,
+            external=external,
+            idempotency_key=idempotency_key,
+            retry=retry,
         )
         return self._runner.run(run)
 
@@ -83,17 +92,17 @@ class Client:
         reconnects and resumes by itself like `AsyncClient.stream`."""
         return SyncRunStream(self._runner, self._async.stream(run_id, token, last_event_id, **retry))
 
-    def status(self, run_id: str, token: str) -> dict[str, Any]:
+    def status(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
         """The run's status and last event id."""
-        return self._runner.run(self._async.status(run_id, token))
+        return self._runner.run(self._async.status(run_id, token, retry=retry))
 
-    def result(self, run_id: str, token: str) -> dict[str, Any]:
+    def result(self, run_id: str, token: str, *, retry: RetryOption = None) -> dict[str, Any]:
         """The final StreamingBuffer; raises ConflictError while the run is still going."""
-        return self._runner.run(self._async.result(run_id, token))
+        return self._runner.run(self._async.result(run_id, token, retry=retry))
 
-    def cancel(self, run_id: str, token: str | None = None) -> dict[str, Any]:
+    def cancel(self, run_id: str, token: str | None = None, *, retry: RetryOption = None) -> dict[str, Any]:
         """End the run with an `error` event of type `cancelled` (API key when keys are set, else the token)."""
-        return self._runner.run(self._async.cancel(run_id, token))
+        return self._runner.run(self._async.cancel(run_id, token, retry=retry))
 
 
 class SyncRunStream:

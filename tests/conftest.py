@@ -13,9 +13,11 @@ from redis.asyncio import Redis, RedisCluster
 
 from runcast.shared.redis_client import cluster_from_url, redis_from_url
 from runcast.shared.streamlog import StreamLog
-from tests.support.processes import GatewayProcess, Process, WorkerProcess
+from tests.support.faults import start_together
+from tests.support.processes import LIMITED_ENV, GatewayProcess, Process, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.sentinel import SentinelTrio
 from tests.support.stack import Stack, running_stack
 
 _FAKE_NOTICE = """
@@ -95,6 +97,24 @@ def worker_proc(module_redis_url: str) -> Iterator[WorkerProcess]:
     yield from _running(WorkerProcess(module_redis_url))
 
 
+@pytest.fixture(scope="session")
+def limited_gateway(redis_url: str | None) -> Iterator[GatewayProcess]:
+    """A gateway (and a worker) whose viewer cap answers 503 and whose create rate limit answers 429 (LIMITED_ENV);
+    one per session, shared by the Python and the JavaScript client tests. On its own redis-server: its worker must
+    not take other tests' jobs (`gateway.env["RUNCAST_REDIS_URL"]` is that server)."""
+    if redis_url is None:
+        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+    server = RedisServer().start()
+    gateway, worker = GatewayProcess(server.url, **LIMITED_ENV), WorkerProcess(server.url)
+    try:
+        start_together(gateway, worker)
+        yield gateway
+    finally:
+        gateway.stop()
+        worker.stop()
+        server.cleanup()
+
+
 @pytest.fixture(scope="module")
 def module_redis_url(redis_url: str | None) -> str:
     if redis_url is None:
@@ -115,6 +135,16 @@ def redis_cluster() -> Iterator[LocalCluster]:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture
+def sentinel_trio(real_redis_url: str) -> Iterator[SentinelTrio]:
+    """A fresh primary + replica + sentinel (three real redis-server processes) per test: failover tests break it."""
+    trio = SentinelTrio().start()
+    try:
+        yield trio
+    finally:
+        trio.cleanup()
 
 
 @pytest.fixture

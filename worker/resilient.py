@@ -14,6 +14,7 @@ from typing import Any
 
 from arq.worker import Worker, get_kwargs
 
+from runcast.shared.redis_client import queue_redis
 from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
 from runcast.shared.settings import get_settings
 
@@ -33,6 +34,9 @@ class ResilientWorker(Worker):
 
 
 def run_resilient_worker(settings_cls: type) -> ResilientWorker:
-    worker = ResilientWorker(**get_kwargs(settings_cls))  # type: ignore[arg-type]
+    """Run arq's Worker for `settings_cls` on runcast's own queue client (`queue_redis`: the same retries for a plain
+    URL and a Sentinel URL; arq's `create_pool` drops them for Sentinel)."""
+    kwargs: dict[str, Any] = {**get_kwargs(settings_cls), "redis_pool": queue_redis(get_settings())}
+    worker = ResilientWorker(**kwargs)
     worker.run()
     return worker

@@ -6,12 +6,11 @@ import logging
 from typing import Any
 
 from arq.connections import RedisSettings
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 
 from runcast.shared.keys import AGENTS_KEY
-from runcast.shared.redis_client import stream_redis
-from runcast.shared.resilience import TRANSIENT_ERRORS
+from runcast.shared.redis_client import queue_retry, stream_redis
+from runcast.shared.sentinel import SentinelUrl
+from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.worker.agents import load_registry
 from runcast.worker.conversation import conversation_store
@@ -50,10 +49,15 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
 async def startup(ctx: dict[str, Any]) -> None:
     if "runcast" not in ctx:
         ctx["runcast"] = await build_state(get_settings())
+    # With Sentinel: close connections left open to a demoted primary (a no-op for plain Redis).
+    ctx["runcast_sentinel_watch"] = PrimaryWatch([ctx["runcast"].stream_log.redis, ctx.get("redis")]).start()
     log.info("runcast worker ready: agents %s", ", ".join(sorted(ctx["runcast"].registry)))
 
 
 async def shutdown(ctx: dict[str, Any]) -> None:
+    watch: PrimaryWatch | None = ctx.get("runcast_sentinel_watch")
+    if watch is not None:
+        await watch.stop()
     state: WorkerState | None = ctx.get("runcast")
     if state is not None:
         close = getattr(state.provider, "aclose", None)
@@ -63,10 +67,24 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 def arq_redis_settings(settings: Settings) -> RedisSettings:
-    """arq's connection, retried with backoff so the worker's poll loop survives a Redis restart."""
-    conf = RedisSettings.from_dsn(settings.queue_url)
-    conf.retry_on_error = list(TRANSIENT_ERRORS)  # type: ignore[arg-type]
-    conf.retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=max(int(settings.redis_retry_s), 1))
+    """arq's connection for plain `arq runcast.worker.settings.WorkerSettings`, retried with backoff so the worker's
+    poll loop survives a Redis restart. A Sentinel URL becomes arq's own Sentinel settings (arq does not pass its
+    retry options to a Sentinel pool; `runcast worker` uses `runcast.shared.redis_client.queue_redis`, which does)."""
+    target = SentinelUrl.parse(settings.queue_url)
+    if target is None:
+        conf = RedisSettings.from_dsn(settings.queue_url)
+    else:
+        conf = RedisSettings(
+            host=target.sentinels,
+            sentinel=True,
+            sentinel_master=target.service,
+            database=target.db,
+            username=target.username,
+            password=target.password,
+        )
+    retry = queue_retry(settings)
+    conf.retry_on_error = retry["retry_on_error"]
+    conf.retry = retry["retry"]
     return conf
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 
 from runcast.gateway import conversations
+from runcast.gateway.guards import idempotency
 from runcast.gateway.guards.auth import cancellable_run, readable_run, require_api_key
 from runcast.gateway.schemas import (
     READ_ERRORS,
@@ -92,23 +93,30 @@ async def start_run(
     history: list[dict[str, Any]] | None = None,
     input_id: str | None = None,
     external: bool = False,
+    run_id: str | None = None,
 ) -> str:
-    """Claim the conversation (if any), create the run and enqueue its job; the run id. Nothing is created when
-    the claim fails (409), and the conversation is released again when creating the run fails. An `external` run is
-    not enqueued: its own producer publishes it (`runcast.publisher`)."""
-    run_id = new_run_id()
+    """Claim the conversation (if any), create the run and enqueue its job; the run id (`run_id`, or a new one).
+    Nothing is created when the claim fails (409), and the conversation is released again when creating the run
+    fails. An `external` run is not enqueued: its own producer publishes it (`runcast.publisher`)."""
+    run_id = run_id or new_run_id()
     if conversation_id is not None:
         await conversations.claim(state, conversation_id, run_id, plan)
     try:
         fields = run_meta_fields(conversation_id, history, input_id)
-        await state.stream_log.create_run(run_id, agent, input_text, metadata, fields, external=external)
-        if not external:
-            await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
+        created = await state.stream_log.create_run(run_id, agent, input_text, metadata, fields, external=external)
+        if created and not external:
+            await enqueue(state, run_id)
     except BaseException:
         if conversation_id is not None:
             await conversations.release(state, conversation_id, run_id)
         raise
     return run_id
+
+
+async def enqueue(state: GatewayState, run_id: str) -> None:
+    """Queue the run's job. Safe to repeat: arq ignores a job id it already holds, and a worker only ever starts a
+    run that is still `queued`."""
+    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
 
 
 @router.post(
@@ -119,10 +127,11 @@ async def start_run(
     response_model=CreateRunResponse,
     responses={
         **error_responses(
+            (400, "a malformed `Idempotency-Key` (1-128 visible ASCII characters)"),
             (401, "RUNCAST_API_KEYS is set and no valid key was sent as `Authorization: Bearer KEY`"),
             (404, "no worker serves this agent"),
             (413, "input over RUNCAST_MAX_INPUT_BYTES, history over its limits, or body over RUNCAST_MAX_BODY_BYTES"),
-            (422, "a malformed body, or both `messages` and `conversation_id`"),
+            (422, "a malformed body, both `messages` and `conversation_id`, or a reused `Idempotency-Key`"),
             (429, "this API key created RUNCAST_CREATE_RATE_LIMIT runs in this window: retry after `Retry-After`"),
             503,
         ),
@@ -131,26 +140,50 @@ async def start_run(
     dependencies=[Depends(require_api_key)],
 )
 async def create_run(
-    body: CreateRunRequest, request: Request, state: Annotated[GatewayState, Depends(get_state)]
+    body: CreateRunRequest,
+    request: Request,
+    response: Response,
+    state: Annotated[GatewayState, Depends(get_state)],
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias=idempotency.HEADER,
+            description="retry-safe creation: a retry with the same key (and body) answers with the same run",
+        ),
+    ] = None,
+    authorization: Annotated[str | None, Header()] = None,
 ) -> CreateRunResponse:
     """Start a run of `agent` on `input`. With `messages` the agent first sees those prior messages; with
     `conversation_id` it sees the conversation's history, and the run's input and final answer join it when the run
     completes. A conversation has one active run at a time: 409 with `active_run_id` while one is queued or running.
+    With an `Idempotency-Key`, a retried create answers with the run the first attempt made
+    (`Idempotent-Replayed: true`) and finishes what that attempt left undone; it never starts a second run.
     """
     settings = state.settings
     check_input(settings, body.input)
     history = check_history(settings, body.messages)
     if not body.external:  # an external producer's run: `agent` is only a label
         await check_agent(state, body.agent)
-    run_id = await start_run(
-        state,
-        body.agent,
-        body.input,
-        metadata=body.metadata,
-        conversation_id=body.conversation_id,
-        history=history,
-        external=body.external,
-    )
+    run_id, replayed = new_run_id(), False
+    if idempotency_key is not None:
+        bound = await idempotency.claim(state.redis, idempotency_key, authorization, body, run_id, settings.retention_s)
+        run_id, replayed = bound.run_id, bound.replayed
+    meta = await state.stream_log.get_meta(run_id) if replayed else None
+    if meta is None:  # a new run, or a replay of one whose first attempt died before storing it
+        await start_run(
+            state,
+            body.agent,
+            body.input,
+            metadata=body.metadata,
+            conversation_id=body.conversation_id,
+            history=history,
+            external=body.external,
+            run_id=run_id,
+        )
+    elif meta.get("status") == "queued" and not meta.get("external"):
+        await enqueue(state, run_id)  # the first attempt may have died before queueing it
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
     events_url = str(request.url_for("run_events", run_id=run_id))
     return CreateRunResponse(
         run_id=run_id,

@@ -12,8 +12,9 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from runcast.shared.keys import events_key
+from tests.support.eventsource import ResumingViewer
 from tests.support.processes import Process
-from tests.support.sse import Received
+from tests.support.sse import Received, create_run
 
 
 async def stored_log(redis_url: str, run_id: str) -> list[tuple[str, str, dict[str, Any]]]:
@@ -51,6 +52,14 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
 
 def words(n: int, prefix: str = "w") -> str:
     return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+async def assert_a_new_run_streams_cleanly(http: Any, gateway_url: str, redis_url: str, tokens: int = 30) -> None:
+    """After a fault: a run created now is published once and read to its end, i.e. the deployment still works."""
+    text = words(tokens, "next")
+    run = await create_run(http, gateway_url, "echo", text)
+    await ResumingViewer([gateway_url], run["run_id"], run["token"]).run(http, timeout_s=60)
+    assert_clean_run(await stored_log(redis_url, run["run_id"]), text)
 
 
 def start_together(*procs: Process) -> None:

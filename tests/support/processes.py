@@ -16,6 +16,15 @@ from tests.support.ports import free_port
 
 TEST_SECRET = "test-secret-for-runcast-only"
 
+LIMITED_API_KEY = "retry-test-key"
+LIMITED_ENV = {
+    "RUNCAST_MAX_VIEWERS_PER_RUN": "1",  # the next viewer of a run gets 503 + Retry-After: 1
+    "RUNCAST_API_KEYS": LIMITED_API_KEY,
+    "RUNCAST_CREATE_RATE_LIMIT": "1",  # one create per key per 2 s window: 429 + Retry-After
+    "RUNCAST_CREATE_RATE_WINDOW_S": "2",
+}
+"""A gateway that refuses on purpose, for the client retry tests (`limited_gateway` fixture)."""
+
 
 def runcast_env(redis_url: str, **overrides: str) -> dict[str, str]:
     env = dict(os.environ)

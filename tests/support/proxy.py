@@ -21,6 +21,8 @@ class SeveringProxy:
         self.requests: list[bytes] = []
         self._writers: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
+        self._flowing = asyncio.Event()
+        self._flowing.set()
 
     @property
     def url(self) -> str:
@@ -45,6 +47,15 @@ class SeveringProxy:
             await self._server.wait_closed()
             self._server = None
 
+    def pause(self) -> None:
+        """Hold every byte clients send (connections stay open; answers to what already got through still arrive):
+        a stalled network as the server sees it. Whatever a client sends meanwhile reaches the server on `resume()`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        """Deliver what was held, in order, and flow again."""
+        self._flowing.set()
+
     def sever(self) -> None:
         """Close every open connection, both legs, as a crashing server or a broken network would."""
         for writer in list(self._writers):
@@ -66,6 +77,8 @@ class SeveringProxy:
                 while data := await reader.read(65536):
                     if record and len(self.requests[index]) < 4096:
                         self.requests[index] += data
+                    if record:  # client -> server
+                        await self._flowing.wait()
                     writer.write(data)
                     await writer.drain()
             writer.transport.abort()
