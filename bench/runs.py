@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench.fanout import environment
@@ -33,6 +34,7 @@ from bench.fleet import BenchError, ProcessFleet
 from bench.histogram import Histogram
 from bench.loadgen import entry_int
 from bench.procs import command_delta, host_busy_s
+from bench.profile import Recorder, summarize
 from bench.runload import runs_main
 from bench.runs_report import render
 from bench.stacks import KINDS, Design, RunStack, Snapshot, cleanup_design, extract_ref
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--capacity-max", type=int, default=3_200, help="largest R the capacity search tries")
     add("--cell-timeout", type=float, default=180.0, help="seconds a cell's runs may take to end")
     add("--env", action="append", default=[], metavar="NAME=VALUE", help="extra setting for every process")
+    add("--profile", default=None, metavar="PREFIX", help="py-spy the first worker in R>=200, V=1 cells into PREFIX-*")
     add("--json", dest="json_path", default=None, help="also write the JSON result to this file")
     return parser
 
@@ -157,8 +160,11 @@ def measure(cell: Cell, before: Snapshot, after: Snapshot, busy: float, events: 
     }
 
 
-async def run_cell(stack: RunStack, cell: Cell, limit_s: float) -> dict[str, Any]:
-    """Create the cell's runs at once (or one at a time), follow them to the end, verify, measure."""
+async def run_cell(stack: RunStack, cell: Cell, limit_s: float, profile: Path | None = None) -> dict[str, Any]:
+    """Create the cell's runs at once (or one at a time), follow them to the end, verify, measure.
+
+    `profile`: record the first worker process with py-spy while the runs go, into this file (collapsed stacks).
+    """
     text = input_text(cell.tokens)
     body = json.dumps({"agent": "echo", "input": text}).encode()
     sequential = cell.runs == 1
@@ -173,11 +179,15 @@ async def run_cell(stack: RunStack, cell: Cell, limit_s: float) -> dict[str, Any
         await fleet.ask(None, "ready", 60)
         before, busy0 = stack.snapshot(), host_busy_s()
         load0 = sum(await cpu_of(fleet))
+        recorder = Recorder(stack.pids()["worker"][0], profile) if profile is not None else None
         created = await fleet.ask(("go",), "created", limit_s)
         run_ids = [run_id for reply in created for run_id in reply[1]]
         failures = {k: v for reply in created for k, v in reply[2].items()}
         done = await fleet.ask(("wait", limit_s), "done", limit_s + 30)
         after, busy1 = stack.snapshot(), host_busy_s()
+        if recorder is not None:
+            recorded = await asyncio.to_thread(recorder.stop)
+            result["profile"] = summarize(recorded) if recorded else {"error": "py-spy not available or failed"}
         load1 = sum(reply[2] for reply in done)
         stack.check_alive()
         expected, wrong = await asyncio.to_thread(verify_runs, stack, run_ids, text, cell.tokens)
@@ -320,7 +330,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     for stack in order:
                         what = "one at a time" if runs == 1 else "at once"
                         log(f"[{stack.design.name} {repeat + 1}/{args.repeat}] R={runs} ({what}), V={viewers}")
-                        result = await run_cell(stack, cell, args.cell_timeout)
+                        profile = None
+                        if args.profile and repeat == 0 and runs >= 200 and viewers == 1:
+                            profile = Path(f"{args.profile}-{stack.design.name}-R{runs}.txt")
+                        result = await run_cell(stack, cell, args.cell_timeout, profile)
                         log(f"  -> {summary(result)}")
                         samples.setdefault((stack.design.name, runs, viewers), []).append(result)
         cells = [median_cell(s) for s in samples.values()]

@@ -157,6 +157,16 @@ def render(result: dict[str, Any]) -> str:
                 capacity_rows(result["capacity"]),
             ),
         ]
+    for cell in result["cells"]:
+        profile = cell.get("profile")
+        if profile and "self" in profile:
+            parts += [
+                "",
+                f"worker profile (py-spy, first worker), {cell['design']} R={cell['runs']}: "
+                f"{profile['samples']} samples; self % | inclusive %",
+            ]
+            parts += [f"  {share:5.1f}  {name}" for name, share in profile["self"]]
+            parts += ["  inclusive:"] + [f"  {share:5.1f}  {name}" for name, share in profile["inclusive"]]
     targets = target_lines(result["cells"])
     if targets:
         parts += ["", "targets (design `after`):", *targets]

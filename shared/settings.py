@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     sweep_interval_s: float | None = Field(
         None, gt=0, description="how often each gateway sweeps running runs for lost workers (default worker_lost_s/3)"
     )
+    worker_max_jobs: int = Field(200, ge=1, description="runs one worker process executes at once")
     job_completion_wait_s: int = Field(
         20, ge=0, description="on SIGTERM a worker lets running agents finish this long, then ends them"
     )

@@ -1,0 +1,220 @@
+"""Appending events to runs' logs: one Lua script for one run or many at once, idempotent with appender-chosen ids.
+
+Every append of every process (the worker's events, a gateway's cancel, the sweeper's `worker_lost`) runs
+`APPEND_LUA`, so "refuse anything after the terminal event" lives in one place. One call carries any number of runs
+(each run's keys share a slot; on a Redis Cluster one call carries the runs of one slot): a worker sends the
+events of all its runs in one round trip per loop tick (`runcast.worker.writer`).
+
+Entry ids. A caller that must survive a lost reply (the worker) chooses each entry's id itself (`IdClock`:
+`<ms>-<seq>`, strictly increasing) and sends the same ids again when it does not know whether a call ran. The script
+skips the events whose id is not after the run's last id and that are in the log with the same JSON (they are the
+earlier send's), and appends the rest: resending is always safe, never a duplicate. An id that is not after the last
+one and is *not* ours (another writer appended first; only the run's worker appends before its end, so this means a
+foreign writer or a clock behind Redis's) is a `Conflict` that appends nothing; the caller picks later ids and sends
+again. `'*'` lets Redis choose (the one-off appends of gateways: they are never resent).
+
+The meta hash keeps `last_event_id` and `updated_at` current (the status route and resume checks read them; the
+script reads `last_event_id` as the log's last id). TTLs: `refresh_ttl` re-arms the retention period of both keys; a
+worker asks for it on a status change and now and then, not on every token (an EXPIRE pair costs about as much as
+the XADD). The end of a run always refreshes it, so the keys expire `retention_s` after the terminal event.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.exceptions import NoScriptError
+
+from runcast.shared.keys import events_key, meta_key
+from runcast.shared.streaming import StreamingEvent, StreamingEventType
+
+TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+# KEYS: events, meta of each run.  ARGV: maxlen, now, retention_s, then for each run: n, new status ('' keeps it),
+# ttl ('1' re-arms both keys' TTL), then n x (id, type, json); id '*' = Redis chooses.
+# One reply per run: its last entry id (appended, or already there from an earlier send); 0 = the run has ended
+# (nothing appended); -1 = unknown run (no meta); {top} = an id is not after the log's last id `top` and that entry
+# is not ours (nothing appended).
+APPEND_LUA = """
+local function after(id, top)
+  if not top or top == '' then return true end
+  local ims, iseq = string.match(id, '^(%d+)-(%d+)$')
+  local tms, tseq = string.match(top, '^(%d+)-(%d+)$')
+  ims, tms = tonumber(ims), tonumber(tms)
+  if ims ~= tms then return ims > tms end
+  return tonumber(iseq) > tonumber(tseq)
+end
+
+local function append(events, meta, n, new_status, ttl, at)
+  local m = redis.call('HMGET', meta, 'status', 'last_event_id')
+  local status, top = m[1], m[2]
+  if not status then return -1 end
+  local skip = 0
+  while skip < n and ARGV[at + 3 * skip] ~= '*' and not after(ARGV[at + 3 * skip], top) do skip = skip + 1 end
+  if skip > 0 then
+    local k = at + 3 * (skip - 1)
+    local got = redis.call('XRANGE', events, ARGV[k], ARGV[k])
+    if #got == 0 or got[1][2][4] ~= ARGV[k + 2] then return {top} end
+    if skip == n then return ARGV[k] end
+  end
+  if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+  local id
+  for i = skip, n - 1 do
+    local k = at + 3 * i
+    id = redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[k], 'type', ARGV[k + 1], 'event', ARGV[k + 2])
+  end
+  if new_status ~= '' then
+    redis.call('HSET', meta, 'status', new_status, 'updated_at', ARGV[2], 'last_event_id', id)
+  else
+    redis.call('HSET', meta, 'updated_at', ARGV[2], 'last_event_id', id)
+  end
+  if ttl == '1' then
+    redis.call('EXPIRE', events, ARGV[3])
+    redis.call('EXPIRE', meta, ARGV[3])
+  end
+  return id
+end
+
+local replies, at = {}, 4
+for r = 1, #KEYS, 2 do
+  local n = tonumber(ARGV[at])
+  replies[#replies + 1] = append(KEYS[r], KEYS[r + 1], n, ARGV[at + 1], ARGV[at + 2], at + 3)
+  at = at + 3 + 3 * n
+end
+return replies
+"""
+
+ENDED = 0
+UNKNOWN = -1
+
+
+@dataclass(frozen=True)
+class Conflict:
+    """An id of the batch was not after the log's last id `top`, and that entry is not ours: nothing was appended."""
+
+    top: str
+
+
+Reply = str | int | Conflict
+"""One run's reply: its last entry id, `ENDED`, `UNKNOWN` or a `Conflict`."""
+
+
+def status_after(event: StreamingEvent) -> str:
+    """The run status an event moves the run to ('' = unchanged)."""
+    if event.type is StreamingEventType.START:
+        return "running"
+    if event.type is StreamingEventType.COMPLETE:
+        return "completed"
+    if event.type is StreamingEventType.ERROR:
+        data = event.data
+        error_type = data.get("error_type") if isinstance(data, dict) else getattr(data, "error_type", "")
+        return "cancelled" if error_type == "cancelled" else "failed"
+    return ""
+
+
+class IdClock:
+    """Entry ids chosen by the appender: `<ms>-<seq>` from the wall clock, strictly increasing for this object.
+
+    One clock per process serves all its runs (ids increase across runs too, which is more than needed).
+    `advance_past(id)` moves it after an id seen in a log (after a `Conflict`).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._ms = 0
+        self._seq = -1
+
+    def next(self) -> str:
+        now = int(self._clock() * 1000)
+        if now > self._ms:
+            self._ms, self._seq = now, 0
+        else:
+            self._seq += 1
+        return f"{self._ms}-{self._seq}"
+
+    def advance_past(self, entry_id: str) -> None:
+        ms_text, _, seq_text = entry_id.partition("-")
+        ms, seq = int(ms_text), int(seq_text or 0)
+        if (ms, seq) > (self._ms, self._seq):
+            self._ms, self._seq = ms, seq
+
+
+@dataclass
+class RunAppend:
+    """One run's share of an append call: (id, type, json) per event, in order; '*' ids are chosen by Redis."""
+
+    run_id: str
+    entries: list[tuple[str, str, str]]
+    status: str = ""
+    refresh_ttl: bool = True
+    events: list[StreamingEvent] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def build(
+        cls, run_id: str, events: Sequence[StreamingEvent], ids: IdClock | None = None, *, refresh_ttl: bool = True
+    ) -> RunAppend:
+        """Encode `events` for the script; with `ids`, give each its id now (so a resend carries the same ids)."""
+        status = ""
+        entries = []
+        for event in events:
+            status = status_after(event) or status
+            entries.append((ids.next() if ids is not None else "*", event.type.value, event.to_json()))
+        return cls(run_id, entries, status, refresh_ttl or bool(status), list(events))
+
+    def renumber(self, ids: IdClock) -> None:
+        """New ids for every entry (after a `Conflict`: nothing of this batch is in the log)."""
+        self.entries = [(ids.next(), kind, payload) for _, kind, payload in self.entries]
+
+    @property
+    def last_id(self) -> str:
+        return self.entries[-1][0]
+
+
+def script_call(appends: Sequence[RunAppend], maxlen: int, now: str, retention_s: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of one `APPEND_LUA` call carrying `appends` (whose keys must share a slot on a cluster)."""
+    keys: list[str] = []
+    args: list[Any] = [maxlen, now, retention_s]
+    for append in appends:
+        keys += (events_key(append.run_id), meta_key(append.run_id))
+        args += (len(append.entries), append.status, "1" if append.refresh_ttl else "0")
+        for entry in append.entries:
+            args += entry
+    return keys, args
+
+
+def parse_reply(raw: Any) -> Reply:
+    if isinstance(raw, bytes):
+        return raw.decode()
+    if isinstance(raw, list):
+        top = raw[0] if raw else ""
+        return Conflict(top.decode() if isinstance(top, bytes) else str(top or ""))
+    if isinstance(raw, int):
+        return raw
+    return str(raw)
+
+
+async def run_calls(redis: Any, script: Any, calls: list[tuple[list[str], list[Any]]]) -> list[list[Any]]:
+    """Run several script calls in one round trip (a non-transactional pipeline; a cluster one routes per node).
+
+    Replies in call order. Not through the Script object in the pipeline: redis-py would add a SCRIPT EXISTS round
+    trip to every execute; a NOSCRIPT (Redis restarted, failover) loads the script and re-runs those calls, which is
+    safe because every call of this module may be re-run.
+    """
+    if len(calls) == 1:
+        keys, args = calls[0]
+        return [await script(keys=keys, args=args)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        replies = await pipe.execute(raise_on_error=False)
+    out: list[list[Any]] = []
+    for (keys, args), reply in zip(calls, replies, strict=True):
+        if isinstance(reply, NoScriptError):
+            reply = await script(keys=keys, args=args)  # loads the script, then runs the call
+        elif isinstance(reply, Exception):
+            raise reply
+        out.append(reply)
+    return out
