@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import NoScriptError
@@ -102,17 +102,17 @@ Reply = str | int | Conflict
 """One run's reply: its last entry id, `ENDED`, `UNKNOWN` or a `Conflict`."""
 
 
+_STATUS_AFTER = {StreamingEventType.START: "running", StreamingEventType.COMPLETE: "completed"}
+_ERROR = StreamingEventType.ERROR  # (a module constant: an Enum member lookup costs ~0.3 us on Python 3.11)
+
+
 def status_after(event: StreamingEvent) -> str:
     """The run status an event moves the run to ('' = unchanged)."""
-    if event.type is StreamingEventType.START:
-        return "running"
-    if event.type is StreamingEventType.COMPLETE:
-        return "completed"
-    if event.type is StreamingEventType.ERROR:
+    if event.type is _ERROR:
         data = event.data
         error_type = data.get("error_type") if isinstance(data, dict) else getattr(data, "error_type", "")
         return "cancelled" if error_type == "cancelled" else "failed"
-    return ""
+    return _STATUS_AFTER.get(event.type, "")
 
 
 class IdClock:
@@ -150,7 +150,6 @@ class RunAppend:
     entries: list[tuple[str, str, str]]
     status: str = ""
     refresh_ttl: bool = True
-    events: list[StreamingEvent] = field(default_factory=list, repr=False)
 
     @classmethod
     def build(
@@ -161,8 +160,8 @@ class RunAppend:
         entries = []
         for event in events:
             status = status_after(event) or status
-            entries.append((ids.next() if ids is not None else "*", event.type.value, event.to_json()))
-        return cls(run_id, entries, status, refresh_ttl or bool(status), list(events))
+            entries.append((ids.next() if ids is not None else "*", event.type._value_, event.to_json()))
+        return cls(run_id, entries, status, refresh_ttl or bool(status))
 
     def renumber(self, ids: IdClock) -> None:
         """New ids for every entry (after a `Conflict`: nothing of this batch is in the log)."""
@@ -208,7 +207,7 @@ async def run_calls(redis: Any, script: Any, calls: list[tuple[list[str], list[A
         return [await script(keys=keys, args=args)]
     async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies = await pipe.execute(raise_on_error=False)
     out: list[list[Any]] = []
     for (keys, args), reply in zip(calls, replies, strict=True):

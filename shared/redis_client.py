@@ -6,9 +6,12 @@ Two Redis roles: the *stream log* (run streams, meta hashes, the agents hash), w
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection
+from redis.exceptions import DataError
+from redis.utils import HIREDIS_AVAILABLE
 
 from runcast.shared.settings import Settings
 
@@ -17,14 +20,40 @@ AnyRedis: TypeAlias = Redis | RedisCluster
 
 _OPTIONS: dict[str, object] = {"decode_responses": True, "health_check_interval": 30, "socket_keepalive": True}
 
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+    class HiredisPackingConnection(Connection):
+        """A TCP connection that packs commands with hiredis, as redis-py's sync client does (its asyncio one packs
+        in Python). Same bytes on the wire; ~8x less CPU for a worker's append call of a few thousand arguments,
+        which was ~10% of a worker's CPU per event (measured with py-spy)."""
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str):  # a command name like "CLIENT ID" goes out as two arguments
+                args = (*args[0].encode().split(), *args[1:])
+            elif b" " in args[0]:
+                args = (*args[0].split(), *args[1:])
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from exc
+
+    _CONNECTION: dict[str, object] = {"connection_class": HiredisPackingConnection}
+else:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _CONNECTION = {}
+
+
+def _packing(url: str) -> dict[str, object]:
+    return _CONNECTION if url.startswith("redis://") else {}  # TLS and unix sockets keep their own classes
+
 
 def redis_from_url(url: str, **options: object) -> Redis:
-    return Redis.from_url(url, **{**_OPTIONS, **options})  # type: ignore[arg-type]
+    return Redis.from_url(url, **{**_OPTIONS, **_packing(url), **options})  # type: ignore[arg-type]
 
 
 def cluster_from_url(url: str, **options: object) -> RedisCluster:
     """A cluster client seeded by one node's URL; it discovers the other nodes and follows MOVED/ASK itself."""
-    return RedisCluster.from_url(url, **{**_OPTIONS, **options})  # type: ignore[arg-type]
+    return RedisCluster.from_url(url, **{**_OPTIONS, **_packing(url), **options})  # type: ignore[arg-type]
 
 
 def stream_redis(settings: Settings) -> AnyRedis:

@@ -26,12 +26,14 @@ import logging
 import time
 from collections.abc import Sequence
 
-from runcast.shared.append import ENDED, UNKNOWN, Conflict, Reply
+from runcast.shared.append import ENDED, UNKNOWN, Conflict, Reply, status_after
 from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
 from runcast.shared.streaming import StreamingEvent
 from runcast.shared.streamlog import IdClock, RunAppend, RunEnded, StreamLog, UnknownRun
 
 log = logging.getLogger("runcast.worker")
+
+Entry = tuple[str, str, str]
 
 MAX_EVENTS_PER_TICK = 4_000
 """Most events one tick sends (the rest waits for the next tick, in order)."""
@@ -45,7 +47,9 @@ class RunChannel:
     def __init__(self, writer: AppendWriter, run_id: str) -> None:
         self.writer = writer
         self.run_id = run_id
-        self.pending: list[StreamingEvent] = []
+        self.pending: list[Entry] = []  # (id, type, json): encoded and numbered when put, in the agent's task
+        self._statuses: list[tuple[int, str]] = []  # (put number, status) of the pending status-changing events
+        self.taken = 0  # events handed to the writer so far
         self.put_count = 0
         self.acked_count = 0
         self.in_flight = 0
@@ -58,13 +62,23 @@ class RunChannel:
         self._room: asyncio.Future[None] | None = None
 
     def put(self, events: Sequence[StreamingEvent]) -> None:
-        """Queue events for the log (in order). Raises the run's error once it is known (e.g. RunEnded)."""
+        """Queue events for the log (in order). Raises the run's error once it is known (e.g. RunEnded).
+
+        Each event gets its entry id and JSON here, so the writer's tick only assembles what is ready (the encoding
+        is spread over the runs' own tasks instead of stalling the loop in one go).
+        """
         if self.error is not None:
             raise self.error
-        if events:
-            self.pending.extend(events)
-            self.put_count += len(events)
-            self.writer.ready(self)
+        if not events:
+            return
+        ids = self.writer.ids
+        for event in events:
+            status = status_after(event)
+            if status:
+                self._statuses.append((self.put_count, status))
+            self.pending.append((ids.next(), event.type._value_, event.to_json()))
+            self.put_count += 1
+        self.writer.ready(self)
 
     @property
     def backlog(self) -> int:
@@ -92,10 +106,15 @@ class RunChannel:
         self.writer.forget(self)
 
     # called by the writer / the cancel watch
-    def take(self, limit: int) -> list[StreamingEvent]:
-        events, self.pending = self.pending[:limit], self.pending[limit:]
-        self.in_flight = len(events)
-        return events
+    def take(self, limit: int) -> tuple[list[Entry], str]:
+        """Up to `limit` pending entries for the next call, and the status the last of them moves the run to."""
+        entries, self.pending = self.pending[:limit], self.pending[limit:]
+        self.in_flight = len(entries)
+        self.taken += len(entries)
+        status = ""
+        while self._statuses and self._statuses[0][0] < self.taken:
+            status = self._statuses.pop(0)[1]
+        return entries, status
 
     def acked(self, last_id: str, now: float) -> None:
         self.acked_count += self.in_flight
@@ -109,6 +128,7 @@ class RunChannel:
         if self.error is None:
             self.error = error
         self.pending.clear()
+        self._statuses.clear()
         self.in_flight = 0
         self._wake_waiters()
         if not self.ended.done():
@@ -183,15 +203,15 @@ class AppendWriter:
         for run_id, channel in list(self._ready.items()):
             if room <= 0:
                 break
-            events = channel.take(room)
-            room -= len(events)
+            entries, status = channel.take(room)
+            room -= len(entries)
             if not channel.pending:
                 del self._ready[run_id]
-            if not events:
+            if not entries:
                 continue
-            refresh = now - channel.ttl_at >= self.ttl_every_s
-            append = RunAppend.build(run_id, events, self.ids, refresh_ttl=refresh)
-            if append.refresh_ttl:
+            refresh = bool(status) or now - channel.ttl_at >= self.ttl_every_s
+            append = RunAppend(run_id, entries, status, refresh)
+            if refresh:
                 channel.ttl_at = now
             batch.append((channel, append))
         return batch
