@@ -30,6 +30,7 @@ from runcast.shared.redis_client import is_cluster
 from runcast.shared.resilience import RUNNING_KEY, TRANSIENT_ERRORS
 from runcast.shared.settings import get_settings
 from runcast.shared.streamlog import StreamLog
+from runcast.worker.batcher import CommandBatcher
 
 log = logging.getLogger("runcast.worker")
 
@@ -41,9 +42,10 @@ REFRESH_BATCH = 1_000
 class Heartbeats:
     """The heartbeat keys of all runs of one worker process, refreshed together; the task runs while any run does."""
 
-    def __init__(self, redis: object, lost_s: float) -> None:
+    def __init__(self, redis: object, lost_s: float, batcher: CommandBatcher | None = None) -> None:
         self.redis = redis
         self.lost_s = lost_s
+        self.batcher = batcher or CommandBatcher(redis)
         self.runs: set[str] = set()
         self._task: asyncio.Task[None] | None = None
 
@@ -55,14 +57,13 @@ class Heartbeats:
         """Beat for `run_id` now and list it as running (heartbeat first), then keep it beating."""
         ttl_ms = self._ttl_ms()
         claimed = {run_id: time.time()}  # the score is informational (claim time); the sweeper reads members only
-        if is_cluster(self.redis):  # keys in two slots: two round trips, in order
-            await self.redis.set(heartbeat_key(run_id), "1", px=ttl_ms)  # type: ignore[attr-defined]
-            await self.redis.zadd(RUNNING_KEY, claimed)  # type: ignore[attr-defined]
-        else:  # one connection, one round trip, in order
-            async with self.redis.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
-                pipe.set(heartbeat_key(run_id), "1", px=ttl_ms)
-                pipe.zadd(RUNNING_KEY, claimed)
-                await pipe.execute()
+        if is_cluster(self.redis):  # keys in two slots: a cluster pipeline does not keep their order
+            await self.batcher.run(lambda pipe: pipe.set(heartbeat_key(run_id), "1", px=ttl_ms))
+            await self.batcher.run(lambda pipe: pipe.zadd(RUNNING_KEY, claimed))
+        else:  # one connection: in order, in one round trip shared with the other jobs starting now
+            await self.batcher.run(
+                lambda pipe: (pipe.set(heartbeat_key(run_id), "1", px=ttl_ms), pipe.zadd(RUNNING_KEY, claimed))
+            )
         self.runs.add(run_id)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._refresh(), name="runcast-heartbeats")
@@ -70,8 +71,7 @@ class Heartbeats:
     async def remove(self, run_id: str) -> None:
         self.runs.discard(run_id)
         with contextlib.suppress(*TRANSIENT_ERRORS):
-            await self.redis.delete(heartbeat_key(run_id))  # type: ignore[attr-defined]
-            await self.redis.zrem(RUNNING_KEY, run_id)  # type: ignore[attr-defined]
+            await self.batcher.run(lambda pipe: (pipe.delete(heartbeat_key(run_id)), pipe.zrem(RUNNING_KEY, run_id)))
 
     async def beat_all(self) -> None:
         runs = list(self.runs)

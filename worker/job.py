@@ -19,10 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from runcast.shared.settings import get_settings
+from runcast.shared.keys import meta_key
+from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
-from runcast.shared.streamlog import RunEnded, StreamLog, UnknownRun
+from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
 from runcast.worker.agents import Agent
+from runcast.worker.batcher import CommandBatcher
 from runcast.worker.heartbeat import Heartbeats, run_heartbeat
 from runcast.worker.providers.base import ModelProvider
 from runcast.worker.publisher import publish_events
@@ -42,13 +44,23 @@ class WorkerRuns:
     writer: AppendWriter
     heartbeats: Heartbeats
     watch: EndWatch
+    batcher: CommandBatcher
 
     @classmethod
-    def on(cls, stream_log: StreamLog, lost_s: float | None = None) -> WorkerRuns:
-        lost = lost_s if lost_s is not None else get_settings().worker_lost_s
-        return cls(AppendWriter(stream_log), Heartbeats(stream_log.redis, lost), EndWatch(stream_log.redis))
+    def on(cls, stream_log: StreamLog, settings: Settings | None = None) -> WorkerRuns:
+        conf = settings or get_settings()
+        writer = AppendWriter(stream_log, interval_s=conf.worker_write_interval_ms / 1000)
+        batcher = CommandBatcher(stream_log.redis)
+        heartbeats = Heartbeats(stream_log.redis, conf.worker_lost_s, batcher)
+        return cls(writer, heartbeats, EndWatch(stream_log.redis), batcher)
+
+    async def read_meta(self, run_id: str) -> dict[str, str] | None:
+        """The run's meta hash (None when it is gone), read in the round trip shared with the other jobs."""
+        (meta,) = await self.batcher.run(lambda pipe: pipe.hgetall(meta_key(run_id)))
+        return meta or None
 
     async def aclose(self) -> None:
+        await self.batcher.aclose()
         await self.writer.aclose()
         await self.heartbeats.aclose()
         await self.watch.aclose()
@@ -79,7 +91,8 @@ class WorkerState:
 async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
     state: WorkerState = ctx["runcast"]
     stream_log = state.stream_log
-    meta = await stream_log.get_meta(run_id)
+    runs = state.runs
+    meta = await runs.read_meta(run_id)
     if meta is None:
         log.warning("run %s has no meta (expired?); skipping", run_id)
         return "unknown"
@@ -89,13 +102,14 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         log.info("run %s is %s, not queued; not running it (again)", run_id, meta.get("status"))
         return meta.get("status", "unknown")
     agent = state.registry.get(meta.get("agent", ""))
+    status = ""
     try:
         if agent is None:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
-        async with run_heartbeat(stream_log, run_id, heartbeats=state.runs.heartbeats):
-            await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
+        async with run_heartbeat(stream_log, run_id, heartbeats=runs.heartbeats):
+            status = await _run_until_done_or_ended(state, agent, run_id, meta.get("input", ""))
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:
@@ -107,12 +121,16 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         log.exception("run %s failed", run_id)
         with contextlib.suppress(RunEnded, UnknownRun):
             await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
-    final = await stream_log.get_meta(run_id)
+    if status in TERMINAL_STATUSES:  # our own terminal event is in the log: no need to read it back
+        return status
+    final = await runs.read_meta(run_id)
     return (final or {}).get("status", "unknown")
 
 
-async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str, input_text: str) -> None:
-    """Publish the agent's events; stop the agent as soon as the run is known to have ended from outside."""
+async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str, input_text: str) -> str:
+    """Publish the agent's events; stop the agent as soon as the run is known to have ended from outside.
+
+    Returns the status the run's own events moved it to (its terminal status when the agent finished)."""
     runs = state.runs
     channel = runs.writer.open(run_id)
     runs.watch.add(channel)
@@ -124,10 +142,12 @@ async def _run_until_done_or_ended(state: WorkerState, agent: Agent, run_id: str
         await asyncio.wait({publisher, channel.ended}, return_when=asyncio.FIRST_COMPLETED)
         if publisher.done():
             publisher.result()  # raises RunEnded or the agent's failure
+            return channel.status
         else:
             log.info("run %s ended from outside; cancelling its agent", run_id)
             if channel.error is not None:
                 raise channel.error  # RunEnded / UnknownRun, or Redis gone for longer than the retry budget
+            return ""
     finally:
         runs.watch.discard(channel)
         channel.close()

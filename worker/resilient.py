@@ -6,9 +6,12 @@ the rung jobs at once; arq's regular poll still runs every `poll_delay` (deferre
 aborts, health). arq's loop itself no longer sleeps (`poll_delay_s` is 0 for it): the wait is in `_poll_iteration`.
 A worker with no free slot does not take bells (another worker gets them); it waits for a slot instead.
 
-The regular poll re-reads every due job id, and arq checks each one (WATCH, EXISTS, ZSCORE: three round trips) even
-when it is running here or on another worker. Ids running here are skipped, and ids found running elsewhere are not
-checked again for ELSEWHERE_S, so a poll costs O(new jobs), not O(running jobs x workers).
+Claiming jobs: arq claims each job with WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC (four round trips, one job after
+the other). `start_jobs` claims all the jobs it was given with one script doing the same checks atomically (the job
+is due, its in-progress key absent -> set it), then starts arq's own `run_job` for each claimed one exactly as arq
+does (semaphore, job counter, task). And the regular poll re-reads every due job id, including those running here or
+on another worker: ids running here are skipped, and ids found running elsewhere are not checked again for
+ELSEWHERE_S, so a poll costs O(new jobs), not O(running jobs x workers).
 
 Outages: arq lets any Redis error in its poll loop escape `Worker.main()`, which stops the worker. redis-py's retry
 covers a command's send/receive but not taking a connection from the pool, whose handshake fails while Redis
@@ -23,6 +26,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
 
 from runcast.shared.doorbell import wait_for_bells
@@ -31,6 +36,23 @@ from runcast.shared.settings import get_settings
 
 ELSEWHERE_S = 2.0
 """How long a due job found running on another worker is left out of this worker's regular polls."""
+
+# KEYS[1]: the queue (sorted set: job id -> due time ms); KEYS[i + 1]: job i's in-progress key.
+# ARGV[1]: now (ms); ARGV[2]: in-progress TTL (ms); ARGV[i + 2]: job i's id.
+# Per job: its score when this call claimed it (due, not in progress: the in-progress key is now set), else 0.
+CLAIM_LUA = """
+local claimed = {}
+for i = 1, #KEYS - 1 do
+  local score = redis.call('ZSCORE', KEYS[1], ARGV[i + 2])
+  if score and tonumber(score) <= tonumber(ARGV[1]) and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('SET', KEYS[i + 1], '1', 'PX', ARGV[2])
+    claimed[i] = score
+  else
+    claimed[i] = 0
+  end
+end
+return claimed
+"""
 
 
 class ResilientWorker(Worker):
@@ -44,6 +66,7 @@ class ResilientWorker(Worker):
         self._polled_at = float("-inf")
         self._polling = False
         self._elsewhere: dict[bytes, float] = {}
+        self._claim_script: Any = None
         self.bells = 0  # jobs started from a bell (for tests and curiosity)
 
     async def _poll_iteration(self) -> None:
@@ -88,15 +111,40 @@ class ResilientWorker(Worker):
             await asyncio.sleep(timeout_s)
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """Claim and start as many of `job_ids` as there are free slots, in one round trip."""
         now = asyncio.get_running_loop().time()
         fresh = [j for j in job_ids if j.decode() not in self.tasks and self._elsewhere.get(j, 0.0) <= now]
-        await super().start_jobs(fresh)
-        if self._polling and self.job_counter < self.max_jobs:  # arq looked at every fresh id (it was not full)
-            for job_id in fresh:
-                if job_id.decode() not in self.tasks:  # running elsewhere (or deferred, or gone meanwhile)
-                    self._elsewhere[job_id] = now + ELSEWHERE_S
+        take = fresh[: max(self.max_jobs - self.job_counter, 0)]
+        if not take:
+            return
+        for _ in take:  # reserve the slots first, as arq does per job
+            await self.sem.acquire()
+            self.job_counter += 1
+        try:
+            scores = await self._claim(take)
+        except BaseException:
+            for _ in take:
+                self._release_sem_dec_counter_on_complete()
+            raise
+        for job_id_b, score in zip(take, scores, strict=True):
+            job_id = job_id_b.decode()
+            if not score:  # not due, finished, or running elsewhere
+                self._release_sem_dec_counter_on_complete()
+                if self._polling:
+                    self._elsewhere[job_id_b] = now + ELSEWHERE_S
+                continue
+            task = self.loop.create_task(self.run_job(job_id, int(float(score))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
         if len(self._elsewhere) > 4 * self.queue_read_limit:
             self._elsewhere = {j: until for j, until in self._elsewhere.items() if until > now}
+
+    async def _claim(self, job_ids: list[bytes]) -> list[Any]:
+        if self._claim_script is None:
+            self._claim_script = self.pool.register_script(CLAIM_LUA)
+        keys = [self.queue_name, *(in_progress_key_prefix + j.decode() for j in job_ids)]
+        args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), *job_ids]
+        return await self._claim_script(keys=keys, args=args)
 
 
 def run_resilient_worker(settings_cls: type) -> ResilientWorker:
