@@ -25,7 +25,7 @@ def py_spy() -> str | None:
 
 
 class Recorder:
-    """`py-spy record` attached to one pid until `stop()` (SIGINT makes it write its file)."""
+    """`py-spy record --gil` (samples holding the GIL: the process working, not waiting) on one pid until `stop()`."""
 
     def __init__(self, pid: int, path: Path, rate: int = 250) -> None:
         binary = py_spy()
@@ -33,7 +33,7 @@ class Recorder:
         self.proc: subprocess.Popen[bytes] | None = None
         if binary is None:
             return
-        args = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "-o", str(path)]
+        args = [binary, "record", "--pid", str(pid), "--rate", str(rate), "--gil", "--format", "raw", "-o", str(path)]
         self.proc = subprocess.Popen([*args, "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def stop(self) -> Path | None:

@@ -13,10 +13,11 @@ one and is *not* ours (another writer appended first; only the run's worker appe
 foreign writer or a clock behind Redis's) is a `Conflict` that appends nothing; the caller picks later ids and sends
 again. `'*'` lets Redis choose (the one-off appends of gateways: they are never resent).
 
-The meta hash keeps `last_event_id` and `updated_at` current (the status route and resume checks read them; the
-script reads `last_event_id` as the log's last id). TTLs: `refresh_ttl` re-arms the retention period of both keys; a
-worker asks for it on a status change and now and then, not on every token (an EXPIRE pair costs about as much as
-the XADD). The end of a run always refreshes it, so the keys expire `retention_s` after the terminal event.
+Cost per event: the meta hash is written only when the status changes (it was rewritten on every append); the
+log's last id is the stream's own (`StreamLog.get_meta` reads it from there for the status route and resume checks).
+TTLs: `refresh_ttl` re-arms the retention period of both keys; a worker asks for it on a status change and now and
+then, not on every token (an EXPIRE pair cost about as much as the XADD). The end of a run always refreshes it, so
+the keys expire `retention_s` after the terminal event.
 """
 
 from __future__ import annotations
@@ -38,9 +39,10 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 # One reply per run: its last entry id (appended, or already there from an earlier send); 0 = the run has ended
 # (nothing appended); -1 = unknown run (no meta); {top} = an id is not after the log's last id `top` and that entry
 # is not ours (nothing appended).
+# Fast path per run: HGET status, the XADDs (the first one under pcall: it fails when its id is not after the log's
+# last entry, which sends us to `landed`), HSET only when the status changes.
 APPEND_LUA = """
 local function after(id, top)
-  if not top or top == '' then return true end
   local ims, iseq = string.match(id, '^(%d+)-(%d+)$')
   local tms, tseq = string.match(top, '^(%d+)-(%d+)$')
   ims, tms = tonumber(ims), tonumber(tms)
@@ -48,28 +50,52 @@ local function after(id, top)
   return tonumber(iseq) > tonumber(tseq)
 end
 
-local function append(events, meta, n, new_status, ttl, at)
-  local m = redis.call('HMGET', meta, 'status', 'last_event_id')
-  local status, top = m[1], m[2]
-  if not status then return -1 end
+-- How many of the batch's entries are already in the log (ours: same id, same JSON), and the log's last id.
+-- -1 when an entry in the batch's id range is not ours.
+local function landed(events, n, at)
+  local got = redis.call('XRANGE', events, ARGV[at], ARGV[at + 3 * (n - 1)])
   local skip = 0
-  while skip < n and ARGV[at + 3 * skip] ~= '*' and not after(ARGV[at + 3 * skip], top) do skip = skip + 1 end
-  if skip > 0 then
-    local k = at + 3 * (skip - 1)
-    local got = redis.call('XRANGE', events, ARGV[k], ARGV[k])
-    if #got == 0 or got[1][2][4] ~= ARGV[k + 2] then return {top} end
-    if skip == n then return ARGV[k] end
+  while skip < n and skip < #got and got[skip + 1][1] == ARGV[at + 3 * skip]
+      and got[skip + 1][2][4] == ARGV[at + 3 * skip + 2] do
+    skip = skip + 1
   end
-  if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
+  local last = redis.call('XREVRANGE', events, '+', '-', 'COUNT', 1)
+  local top = last[1] and last[1][1] or '0-0'
+  if skip < #got then return -1, top end
+  return skip, top
+end
+
+local function append(events, meta, n, new_status, ttl, at)
+  local status = redis.call('HGET', meta, 'status')
+  if not status then return -1 end
+  local explicit = ARGV[at] ~= '*'
+  if status == 'completed' or status == 'failed' or status == 'cancelled' then
+    if explicit and landed(events, n, at) == n then return ARGV[at + 3 * (n - 1)] end  -- our own end, resent
+    return 0
+  end
   local id
-  for i = skip, n - 1 do
+  local from = 0
+  if explicit then
+    id = redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[at], 'type', ARGV[at + 1], 'event', ARGV[at + 2])
+    if type(id) == 'table' and id.err then  -- not after the log's last entry: a resend, or someone else's entry
+      local skip, top = landed(events, n, at)
+      if skip < 0 then return {top} end
+      if skip == n then return ARGV[at + 3 * (n - 1)] end
+      if not after(ARGV[at + 3 * skip], top) then
+        if skip == 0 and after(ARGV[at], top) then return redis.error_reply(id.err) end  -- another failure
+        return {top}
+      end
+      from = skip
+    else
+      from = 1
+    end
+  end
+  for i = from, n - 1 do
     local k = at + 3 * i
     id = redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[k], 'type', ARGV[k + 1], 'event', ARGV[k + 2])
   end
   if new_status ~= '' then
     redis.call('HSET', meta, 'status', new_status, 'updated_at', ARGV[2], 'last_event_id', id)
-  else
-    redis.call('HSET', meta, 'updated_at', ARGV[2], 'last_event_id', id)
   end
   if ttl == '1' then
     redis.call('EXPIRE', events, ARGV[3])
