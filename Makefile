@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: demo test lint bench soak venv clean
+.PHONY: demo test lint bench bench-runs soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.fanout $(BENCH_ARGS)
+
+# Many concurrent runs (docs/performance.md): this checkout and BEFORE side by side, medians of REPEAT.
+BEFORE ?= 2660476
+REPEAT ?= 3
+bench-runs: $(STAMP)
+	$(BIN)/python -m bench.runs --before $(BEFORE) --repeat $(REPEAT) $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -60,14 +60,26 @@ def host_busy_s() -> float:
 class RedisSnapshot:
     calls: dict[str, int]
     cpu_s: float
+    usec: dict[str, int] = field(default_factory=dict)  # time spent per command (a script's own includes its calls)
 
 
 def redis_snapshot(client: redis.Redis) -> RedisSnapshot:
     """Per-command call counts (commands run inside Lua scripts included) and the server's CPU time."""
     stats = client.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    usec = {name.removeprefix("cmdstat_"): int(value.get("usec", 0)) for name, value in stats.items()}
     cpu = client.info("cpu")
-    return RedisSnapshot(calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return RedisSnapshot(calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), usec)
+
+
+def usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
+    """Microseconds Redis spent per command between two snapshots (the harness's probes left out), largest first."""
+    delta = {
+        name: usec - before.usec.get(name, 0)
+        for name, usec in after.usec.items()
+        if name not in IGNORED_COMMANDS and usec != before.usec.get(name, 0)
+    }
+    return dict(sorted(delta.items(), key=lambda item: -item[1]))
 
 
 def command_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:

@@ -33,7 +33,7 @@ from bench.fanout import environment
 from bench.fleet import BenchError, ProcessFleet
 from bench.histogram import Histogram
 from bench.loadgen import entry_int
-from bench.procs import command_delta, host_busy_s
+from bench.procs import command_delta, host_busy_s, usec_delta
 from bench.profile import Recorder, summarize
 from bench.runload import runs_main
 from bench.runs_report import render
@@ -84,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--before", default=None, help="also run this git ref's code side by side (e.g. main, a commit)")
     add("--capacity", action=argparse.BooleanOptionalAction, default=True, help="search one worker's capacity")
     add("--capacity-ratio", type=float, default=1.05, help="run length / model time a run may take at capacity")
+    add("--capacity-start", type=int, default=50, help="first R the capacity search tries (then doubles, bisects)")
     add("--capacity-max", type=int, default=3_200, help="largest R the capacity search tries")
     add("--cell-timeout", type=float, default=180.0, help="seconds a cell's runs may take to end")
     add("--env", action="append", default=[], metavar="NAME=VALUE", help="extra setting for every process")
@@ -145,6 +146,7 @@ def measure(cell: Cell, before: Snapshot, after: Snapshot, busy: float, events: 
     cpu = {kind: after.cpu[kind] - before.cpu[kind] for kind in KINDS}
     cpu["redis"] = after.redis.cpu_s - before.redis.cpu_s  # INFO cpu: the server's own account
     commands = command_delta(before.redis, after.redis)
+    usec = usec_delta(before.redis, after.redis)
     per_k = {kind: round(1000 * seconds / max(events, 1), 4) for kind, seconds in cpu.items()}
     return {
         "wall_s": round(wall, 3),
@@ -156,6 +158,7 @@ def measure(cell: Cell, before: Snapshot, after: Snapshot, busy: float, events: 
         "redis_us_per_event": round(1e6 * cpu["redis"] / max(events, 1), 1),
         "redis_cmds_per_event": round(sum(commands.values()) / max(events, 1), 2),
         "redis_cmds": dict(list(commands.items())[:12]),
+        "redis_usec": dict(list(usec.items())[:12]),
         "host_busy_pct": round(100 * busy / wall / (os.cpu_count() or 1), 1),
     }
 
@@ -252,6 +255,9 @@ def median_cell(samples: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = round(statistics.median(values), 4) if values else None
         elif isinstance(value, dict) and key.startswith("cpu_s"):
             merged[key] = {k: round(statistics.median(s[key][k] for s in samples if key in s), 4) for k in value}
+    for key in ("runs", "viewers", "runs_created", "runs_exact", "viewers_total", "viewers_complete", "events"):
+        if isinstance(merged.get(key), float):
+            merged[key] = round(merged[key])
     merged["ok"] = all(s.get("ok") for s in samples)
     merged["repeats"] = len(samples)
     return merged
@@ -273,7 +279,7 @@ async def capacity(design: Design, args: argparse.Namespace, env: dict[str, str]
 
     try:
         low, high = 0, None
-        runs = 50
+        runs = args.capacity_start
         while runs <= args.capacity_max:
             if await holds(runs):
                 low, runs = runs, runs * 2
@@ -379,8 +385,8 @@ def _terminate(signum: int, _frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.tokens, args.single, args.workers, args.repeat) < 1 or args.delay_ms < 0:
-        log("--tokens, --single, --workers and --repeat must be positive, --delay-ms not negative")
+    if min(args.tokens, args.single, args.workers, args.repeat, args.capacity_start) < 1 or args.delay_ms < 1:
+        log("--tokens, --single, --workers, --repeat, --capacity-start and --delay-ms must be positive")
         return 2
     signal.signal(signal.SIGTERM, _terminate)
     try:

@@ -179,6 +179,7 @@ class AppendWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.calls = 0  # append calls sent (for tests and the benchmark's curiosity)
+        self.resends = 0  # calls sent again after a transient error
 
     def open(self, run_id: str) -> RunChannel:
         channel = RunChannel(self, run_id)
@@ -249,6 +250,7 @@ class AppendWriter:
                         channel.fail(exc)
                     return
                 await backoff.wait(exc)
+                self.resends += 1
                 continue  # the same batch, the same ids: what landed is skipped
             except Exception as exc:  # a bug or a refusal (e.g. OOM): the batch's runs cannot go on
                 log.exception("append failed for %d runs", len(batch))
