@@ -13,11 +13,11 @@ one and is *not* ours (another writer appended first; only the run's worker appe
 foreign writer or a clock behind Redis's) is a `Conflict` that appends nothing; the caller picks later ids and sends
 again. `'*'` lets Redis choose (the one-off appends of gateways: they are never resent).
 
-Cost per event: the meta hash is written only when the status changes (it was rewritten on every append); the
-log's last id is the stream's own (`StreamLog.get_meta` reads it from there for the status route and resume checks).
-TTLs: `refresh_ttl` re-arms the retention period of both keys; a worker asks for it on a status change and now and
-then, not on every token (an EXPIRE pair cost about as much as the XADD). The end of a run always refreshes it, so
-the keys expire `retention_s` after the terminal event.
+Cost per run and call: HGET status, the XADDs, one HSET of `last_event_id`/`updated_at` (every viewer's connect
+reads them from the hash: the resume check must not cost a stream read per viewer). TTLs: `refresh_ttl` re-arms the
+retention period of both keys; a worker asks for it on a status change and now and then, not on every token (the
+EXPIRE pair cost about as much as the XADD). The end of a run always refreshes it, so the keys expire `retention_s`
+after the terminal event.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 # (nothing appended); -1 = unknown run (no meta); {top} = an id is not after the log's last id `top` and that entry
 # is not ours (nothing appended).
 # Fast path per run: HGET status, the XADDs (the first one under pcall: it fails when its id is not after the log's
-# last entry, which sends us to `landed`), HSET only when the status changes.
+# last entry, which sends us to `landed`), one HSET of the meta.
 APPEND_LUA = """
 local function after(id, top)
   local ims, iseq = string.match(id, '^(%d+)-(%d+)$')
@@ -96,6 +96,8 @@ local function append(events, meta, n, new_status, ttl, at)
   end
   if new_status ~= '' then
     redis.call('HSET', meta, 'status', new_status, 'updated_at', ARGV[2], 'last_event_id', id)
+  else
+    redis.call('HSET', meta, 'updated_at', ARGV[2], 'last_event_id', id)
   end
   if ttl == '1' then
     redis.call('EXPIRE', events, ARGV[3])

@@ -189,24 +189,8 @@ class StreamLog:
             return None
 
     async def get_meta(self, run_id: str) -> dict[str, str] | None:
-        """The run's meta hash, its `last_event_id` and `updated_at` from the log's last entry.
-
-        Appends do not rewrite the hash on every event (`runcast.shared.append`): the stream's last entry id is the
-        last event id, and its milliseconds (appender-chosen ids are the event's time) the last update.
-        """
-        async with self.redis.pipeline(transaction=False) as pipe:  # both keys share the run's slot
-            pipe.hgetall(meta_key(run_id))
-            pipe.xrevrange(events_key(run_id), count=1)
-            meta, last = await pipe.execute()
-        if not meta:
-            return None
-        if last:
-            last_id = last[0][0]
-            meta["last_event_id"] = last_id
-            at_ms = entry_key(last_id)[0] / 1000
-            if at_ms > float(meta.get("updated_at") or 0):
-                meta["updated_at"] = f"{at_ms:.6f}"
-        return meta
+        meta = await self.redis.hgetall(meta_key(run_id))
+        return meta or None
 
     async def set_status(self, run_id: str, status: str) -> None:
         await self.redis.hset(meta_key(run_id), mapping={"status": status, "updated_at": _now()})
