@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 from arq.connections import ArqRedis
+from arq.jobs import Job, JobStatus
 
 from runcast.shared import doorbell
-from runcast.shared.doorbell import doorbell_key, ring
+from runcast.shared.doorbell import doorbell_key, enqueue_and_ring, ring
 from runcast.worker.resilient import ResilientWorker
 from tests.support.faults import wait_until
 from tests.support.sse import create_run
@@ -158,3 +159,22 @@ async def test_creating_a_run_rings_the_doorbell_with_its_id(real_redis_url: str
     async with running_stack(real_redis_url, worker=False, queue_name=name) as stack:
         run = await create_run(http, stack.url, "echo", "hello")
         assert await stack.redis.lrange(doorbell_key(name), 0, -1) == [run["run_id"]]
+
+
+async def test_a_job_enqueued_with_its_bell_is_an_ordinary_arq_job(queue: ArqRedis):
+    name = own_queue()
+    job_id = f"one-{uuid.uuid4().hex}"
+    assert await enqueue_and_ring(queue, name, "note", job_id, "payload")
+    assert not await enqueue_and_ring(queue, name, "note", job_id, "again")  # one job per id, as arq's enqueue_job
+    job = Job(job_id, queue, _queue_name=name)
+    assert await job.status() == JobStatus.queued
+    info = await job.info()
+    assert info is not None and (info.function, info.args) == ("note", ("payload",))
+    assert await queue.lrange(doorbell_key(name), 0, -1) == [job_id.encode()]
+    await queue.delete(doorbell_key(name))
+    async with worker(queue, name, "a", poll_delay=60) as arq_worker:
+        assert await job.result(timeout=10, poll_delay=0.05) == "payload"  # found by the worker's first poll
+        rung = f"two-{uuid.uuid4().hex}"
+        assert await enqueue_and_ring(queue, name, "note", rung, "rung")
+        assert await Job(rung, queue, _queue_name=name).result(timeout=10, poll_delay=0.05) == "rung"
+        assert arq_worker.bells == 1
