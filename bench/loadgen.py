@@ -207,6 +207,19 @@ class Viewer(asyncio.Protocol):
         return None
 
 
+def verdicts(viewers: list[Viewer], expected: dict[str, tuple[int, int]]) -> tuple[int, Counter[str]]:
+    """How many viewers got exactly their run's events, and why the others did not."""
+    reasons: Counter[str] = Counter()
+    complete = 0
+    for viewer in viewers:
+        reason = viewer.verdict(expected.get(viewer.run_id))
+        if reason is None:
+            complete += 1
+        else:
+            reasons[reason] += 1
+    return complete, reasons
+
+
 class LoadRunner:
     """The viewers of one load process and the command loop that reports on them."""
 
@@ -293,14 +306,7 @@ class LoadRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_finished.wait(), limit_s)
         self.close_all()
-        reasons: Counter[str] = Counter()
-        complete = 0
-        for viewer in self.viewers:
-            reason = viewer.verdict(expected.get(viewer.run_id))
-            if reason is None:
-                complete += 1
-            else:
-                reasons[reason] += 1
+        complete, reasons = verdicts(self.viewers, expected)
         return {
             "viewers": len(self.viewers),
             "complete": complete,

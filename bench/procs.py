@@ -72,20 +72,20 @@ def redis_snapshot(client: redis.Redis) -> RedisSnapshot:
     return RedisSnapshot(calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), usec)
 
 
-def usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
-    """Microseconds Redis spent per command between two snapshots (the harness's probes left out), largest first."""
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per-command growth between two snapshots (the harness's probes left out), largest first."""
     delta = {
-        name: usec - before.usec.get(name, 0)
-        for name, usec in after.usec.items()
-        if name not in IGNORED_COMMANDS and usec != before.usec.get(name, 0)
+        name: value - before.get(name, 0)
+        for name, value in after.items()
+        if name not in IGNORED_COMMANDS and value != before.get(name, 0)
     }
     return dict(sorted(delta.items(), key=lambda item: -item[1]))
+
+
+def usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
+    """Microseconds Redis spent inside each command between two snapshots."""
+    return _delta(before.usec, after.usec)
 
 
 def command_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
-    delta = {
-        name: calls - before.calls.get(name, 0)
-        for name, calls in after.calls.items()
-        if name not in IGNORED_COMMANDS and calls != before.calls.get(name, 0)
-    }
-    return dict(sorted(delta.items(), key=lambda item: -item[1]))
+    return _delta(before.calls, after.calls)

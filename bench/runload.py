@@ -3,8 +3,8 @@
 A run's clock starts when its `POST /v1/runs` is written to the socket; its viewers connect as soon as the reply
 (run id + token) is in. Each viewer (a `bench.loadgen.Viewer`: raw socket, httptools, ids must strictly increase)
 records the receive time of the run's first `chunk` (time to first chunk = that - POST), of its terminal event
-(run length = that - POST) and every event's publish -> receive latency (receive wall time - the event JSON's
-`timestamp`, set when the agent produced the event) in a `Histogram`.
+(run length = that - POST; stream length = that - the first chunk) and every event's publish -> receive latency
+(receive wall time - the event JSON's `timestamp`, set when the agent produced the event) in a `Histogram`.
 
 Conversation with the coordinator (`bench.fleet.ProcessFleet`): `("go",)` -> create the runs, connect the viewers,
 answer `("created", run_ids, failures)`; `("wait", limit_s)` -> answer `("done", viewers_still_open)` once every
@@ -24,7 +24,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from bench.histogram import Histogram
-from bench.loadgen import TERMINAL, Viewer, pipe_reader, published_at, raise_nofile_limit
+from bench.loadgen import TERMINAL, Viewer, pipe_reader, published_at, raise_nofile_limit, verdicts
 
 TTFC_BUCKET_S = 0.0005
 
@@ -170,19 +170,15 @@ class RunLoad:
             viewer.fail(f"connect: {type(exc).__name__}: {exc}"[:120])
 
     def report(self, expected: dict[str, tuple[int, int]]) -> dict[str, Any]:
-        reasons: Counter[str] = Counter()
-        ttfc, length = Histogram(), Histogram()
-        complete = 0
+        complete, reasons = verdicts(self.viewers, expected)  # type: ignore[arg-type]
+        ttfc, length, stream = Histogram(), Histogram(), Histogram()
         for viewer in self.viewers:
-            reason = viewer.verdict(expected.get(viewer.run_id))
-            if reason is None:
-                complete += 1
-            else:
-                reasons[reason] += 1
             if viewer.first_chunk_at:
                 ttfc.add(viewer.first_chunk_at - viewer.posted_at)
             if viewer.ended_at:
                 length.add(viewer.ended_at - viewer.posted_at)
+            if viewer.ended_at and viewer.first_chunk_at:
+                stream.add(viewer.ended_at - viewer.first_chunk_at)
         return {
             "viewers": len(self.viewers),
             "complete": complete,
@@ -190,6 +186,7 @@ class RunLoad:
             "create_failures": dict(self.failures.most_common(5)),
             "ttfc": ttfc.to_wire(),
             "run_length": length.to_wire(),
+            "stream_length": stream.to_wire(),
             "latency": self.latency.to_wire(),
             "cpu_s": time.process_time(),
         }

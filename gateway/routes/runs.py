@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from pydantic import BaseModel
+from redis.asyncio import Redis
 
 from runcast.gateway.guards.auth import readable_run, require_api_key, valid_run_id
 from runcast.gateway.schemas import AgentInfo, CreateRunRequest, CreateRunResponse, ErrorBody, RunResult, RunStatus
@@ -28,6 +31,23 @@ async def list_agents(state: Annotated[GatewayState, Depends(get_state)]) -> lis
     return [AgentInfo(name=name, description=text) for name, text in sorted(agents.items())]
 
 
+AGENT_SEEN_S = 5.0
+"""How long an agent name found in the agents hash is trusted without asking Redis again (workers only add names)."""
+_seen: weakref.WeakKeyDictionary[Redis, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
+async def agent_exists(state: GatewayState, name: str) -> bool:
+    """Whether a worker offers `name`: one round trip less per run created when the name was seen recently."""
+    seen = _seen.setdefault(state.redis, {})
+    now = time.monotonic()
+    if seen.get(name, 0.0) > now:
+        return True
+    if not await state.redis.hexists(AGENTS_KEY, name):
+        return False
+    seen[name] = now + AGENT_SEEN_S
+    return True
+
+
 @router.post(
     "/runs",
     status_code=202,
@@ -42,7 +62,7 @@ async def create_run(
     size = len(body.input.encode())
     if size > settings.max_input_bytes:
         raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
-    if not await state.redis.hexists(AGENTS_KEY, body.agent):
+    if not await agent_exists(state, body.agent):
         known = sorted(await state.redis.hkeys(AGENTS_KEY))
         raise HTTPException(404, f"unknown agent {body.agent!r}; known agents: {', '.join(known) or 'none'}")
     run_id = new_run_id()
