@@ -263,6 +263,9 @@ def median_cell(samples: list[dict[str, Any]]) -> dict[str, Any]:
             merged[key] = round(merged[key])
     merged["ok"] = all(s.get("ok") for s in samples)
     merged["repeats"] = len(samples)
+    profiles = [s["profile"] for s in samples if "profile" in s]
+    if profiles:
+        merged["profile"] = profiles[0]
     return merged
 
 
