@@ -3,7 +3,7 @@
 A run's clock starts when its `POST /v1/runs` is written to the socket; its viewers connect as soon as the reply
 (run id + token) is in. Each viewer (a `bench.loadgen.Viewer`: raw socket, httptools, ids must strictly increase)
 records the receive time of the run's first `chunk` (time to first chunk = that - POST), of its terminal event
-(run length = that - POST; stream length = that - the first chunk) and every event's publish -> receive latency
+(run length = that - POST) and every event's publish -> receive latency
 (receive wall time - the event JSON's `timestamp`, set when the agent produced the event) in a `Histogram`.
 
 Conversation with the coordinator (`bench.fleet.ProcessFleet`): `("go",)` -> create the runs, connect the viewers,
@@ -171,14 +171,12 @@ class RunLoad:
 
     def report(self, expected: dict[str, tuple[int, int]]) -> dict[str, Any]:
         complete, reasons = verdicts(self.viewers, expected)  # type: ignore[arg-type]
-        ttfc, length, stream = Histogram(), Histogram(), Histogram()
+        ttfc, length = Histogram(), Histogram()
         for viewer in self.viewers:
             if viewer.first_chunk_at:
                 ttfc.add(viewer.first_chunk_at - viewer.posted_at)
             if viewer.ended_at:
                 length.add(viewer.ended_at - viewer.posted_at)
-            if viewer.ended_at and viewer.first_chunk_at:
-                stream.add(viewer.ended_at - viewer.first_chunk_at)
         return {
             "viewers": len(self.viewers),
             "complete": complete,
@@ -186,7 +184,6 @@ class RunLoad:
             "create_failures": dict(self.failures.most_common(5)),
             "ttfc": ttfc.to_wire(),
             "run_length": length.to_wire(),
-            "stream_length": stream.to_wire(),
             "latency": self.latency.to_wire(),
             "cpu_s": time.process_time(),
         }

@@ -12,12 +12,12 @@ definitions:
                 written (the scripted model says its first token at once). R=1: one run at a time, --single in a row.
   pub->recv     every delivered event: viewer receive wall time - the event's `timestamp` (set when the agent made it).
   length x      (viewer's receive of the terminal event - POST) / the model's own time ((tokens - 1) x delay).
-  stream x      (receive of the terminal event - receive of the first chunk) / the model's own time: keeping pace.
+  log x         (terminal event sent by the worker - START made) / the model's own time: the worker keeping pace.
   us/ev         CPU per published event (every entry of every run's log): worker processes from /proc/<pid>/stat,
                 Redis from INFO cpu; cmds/ev from INFO commandstats (commands run inside scripts included).
   CPU s/1k ev   CPU seconds per 1,000 published events, per process kind (load = the viewers' own processes).
   busy %        the whole machine's busy time over the cell (both cores): near 100 = the box was the limit.
-  capacity      one worker process: the largest R (runs at once, 1 viewer) whose median stream x <= ratio.
+  capacity      one worker process: the largest R (runs at once, 1 viewer) whose median log x <= ratio.
   R=1 rows      one run at a time: per-event CPU there is mostly the processes' idle cost spread over few events."""
 
 TARGETS = [
@@ -61,7 +61,7 @@ def main_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(c["latency_p99_ms"]),
                 _fmt(c["length_ratio_p50"], 3),
                 _fmt(c["length_ratio_p99"], 3),
-                _fmt(c.get("stream_ratio_p50"), 3),
+                _fmt(c.get("log_ratio_p50"), 3),
                 _fmt(c["worker_us_per_event"]),
                 _fmt(c["redis_us_per_event"]),
                 _fmt(c["redis_cmds_per_event"], 2),
@@ -75,7 +75,7 @@ def main_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
 
 
 MAIN_HEADERS = ["design", "R", "V", "TTFC p50", "TTFC p99", "pub->recv p50", "p99", "length x p50", "x p99"]
-MAIN_HEADERS += ["stream x p50"]
+MAIN_HEADERS += ["log x p50"]
 MAIN_HEADERS += ["worker us/ev", "redis us/ev", "cmds/ev", "exact runs", "viewers", "busy %", ""]
 
 
@@ -109,7 +109,7 @@ def capacity_rows(capacities: list[dict[str, Any]]) -> list[list[str]]:
     rows = []
     for cap in capacities:
         trials = ", ".join(
-            f"{t['runs']}: x{_fmt(t['stream_ratio_p50'], 3)}{'' if t['passed'] else ' (no)'}" for t in cap["trials"]
+            f"{t['runs']}: x{_fmt(t['log_ratio_p50'], 3)}{'' if t['passed'] else ' (no)'}" for t in cap["trials"]
         )
         rows.append([cap["design"], _fmt(cap["capacity_runs"]), _fmt(cap["first_failing"]), trials])
     return rows
@@ -160,10 +160,10 @@ def render(result: dict[str, Any]) -> str:
     if result.get("capacity"):
         parts += [
             "",
-            f"capacity of one worker process at {1000 / s['delay_ms']:g} tokens/s, median stream x <= "
+            f"capacity of one worker process at {1000 / s['delay_ms']:g} tokens/s, median log x <= "
             f"{s['capacity_ratio']}x",
             table(
-                ["design", "capacity R", "first failing R", "trials (R: stream x p50)"],
+                ["design", "capacity R", "first failing R", "trials (R: log x p50)"],
                 capacity_rows(result["capacity"]),
             ),
         ]
