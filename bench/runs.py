@@ -8,8 +8,8 @@ Every cell: load processes POST R runs at once (echo agent, `--tokens` whitespac
 `--delay-ms` per token) and follow each with V viewers over raw HTTP. `R = 1` means one run at a time, `--single`
 times in a row. Every run's log is then read back from Redis and checked (start, one chunk per token in order,
 metadata, complete; the deltas join to the input) and every viewer must have received exactly that log.
-Capacity: with one worker process, the largest R whose median log length (the run's first event made -> its terminal
-event sent to Redis, as the worker wrote it) stays within `--capacity-ratio` of the model's own time.
+Capacity: with one worker process, the largest R whose median log length (the run created -> its terminal event sent
+to Redis by the worker: pick-up and pace) stays within `--capacity-ratio` of the model's own time.
 Progress goes to stderr; tables, then one JSON line, to stdout.
 """
 
@@ -116,8 +116,8 @@ def verify_runs(
     stack: RunStack, run_ids: list[str], text: str, tokens: int
 ) -> tuple[dict[str, Any], dict[str, str], Histogram]:
     """Every run's log from Redis: the viewers' expected (count, id checksum), the runs that are not exact, and each
-    run's log length: its START event's `timestamp` (made by the agent) to the meta's `updated_at` after the terminal
-    append (when the worker sent it) — the run as the worker kept pace with it, whatever the gateway did after."""
+    run's log length: the meta's `created_at` (the gateway created the run) to its `updated_at` after the terminal
+    append (the worker sent it) — pick-up and pace in the worker, whatever the gateway's delivery did after."""
     assert stack.admin is not None
     expected: dict[str, tuple[int, int]] = {}
     wrong: dict[str, str] = {}
@@ -127,12 +127,12 @@ def verify_runs(
         with stack.admin.pipeline(transaction=False) as pipe:
             for run_id in batch:
                 pipe.xrange(f"runcast:{{{run_id}}}:events")
-                pipe.hmget(f"runcast:{{{run_id}}}:meta", "status", "updated_at")
+                pipe.hmget(f"runcast:{{{run_id}}}:meta", "status", "created_at", "updated_at")
             replies = pipe.execute()
         for i, run_id in enumerate(batch):
-            entries, (status, updated_at) = replies[2 * i], replies[2 * i + 1]
-            if entries and updated_at:
-                logged.add(float(updated_at) - json.loads(entries[0][1][b"event"])["timestamp"])
+            entries, (status, created_at, updated_at) = replies[2 * i], replies[2 * i + 1]
+            if created_at and updated_at:
+                logged.add(float(updated_at) - float(created_at))
             expected[run_id] = (len(entries), sum(entry_int(entry_id) for entry_id, _ in entries))
             problem = check_run(entries, status, text, tokens)
             if problem:
@@ -277,8 +277,8 @@ def median_cell(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 async def capacity(design: Design, args: argparse.Namespace, env: dict[str, str]) -> dict[str, Any]:
-    """The largest R one worker process keeps pace with: median log length (first event made -> terminal event sent,
-    see `verify_runs`) <= capacity_ratio x the model's time. Measured at the worker, not at the viewer: on a box
+    """The largest R one worker process keeps up with: median log length (run created -> terminal event sent, see
+    `verify_runs`) <= capacity_ratio x the model's time. Measured at the worker, not at the viewer: on a box
     where the gateway (or the viewers) cannot keep up, the viewer-side figures are theirs, not the worker's. The
     stack lets one worker take every run (RUNCAST_WORKER_MAX_JOBS), so none waits in the queue for a slot."""
     env = {"RUNCAST_WORKER_MAX_JOBS": str(args.capacity_max), **env}

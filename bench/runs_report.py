@@ -12,7 +12,8 @@ definitions:
                 written (the scripted model says its first token at once). R=1: one run at a time, --single in a row.
   pub->recv     every delivered event: viewer receive wall time - the event's `timestamp` (set when the agent made it).
   length x      (viewer's receive of the terminal event - POST) / the model's own time ((tokens - 1) x delay).
-  log x         (terminal event sent by the worker - START made) / the model's own time: the worker keeping pace.
+  log x         (terminal event sent by the worker - run created by the gateway) / the model's own time: the
+                worker's pick-up and pace, without the gateway's delivery.
   us/ev         CPU per published event (every entry of every run's log): worker processes from /proc/<pid>/stat,
                 Redis from INFO cpu; cmds/ev from INFO commandstats (commands run inside scripts included).
   CPU s/1k ev   CPU seconds per 1,000 published events, per process kind (load = the viewers' own processes).

@@ -22,7 +22,7 @@ from runcast.worker.agents import default_registry
 from runcast.worker.batcher import CommandBatcher
 from runcast.worker.durable import DurableStreamLog
 from runcast.worker.heartbeat import Heartbeats
-from runcast.worker.job import WorkerRuns, WorkerState, run_agent
+from runcast.worker.job import WorkerState, run_agent
 from runcast.worker.providers.scripted import ScriptedProvider
 from runcast.worker.watch import EndWatch
 from runcast.worker.writer import AppendWriter
@@ -108,8 +108,8 @@ async def test_severed_redis_connections_while_many_runs_stream_duplicate_and_lo
     async with SeveringProxy(port) as proxy:
         redis = redis_from_url(f"redis://127.0.0.1:{proxy.port}/0")
         log = DurableStreamLog(redis, retry_s=20)
-        state = WorkerState(log, default_registry, ScriptedProvider(delay_ms=5))
-        state._runs = WorkerRuns.on(log, Settings(worker_write_interval_ms=0))
+        settings = Settings(worker_write_interval_ms=0)
+        state = WorkerState(log, default_registry, ScriptedProvider(delay_ms=5), settings=settings)
         text = words(60)
         run_ids = await new_runs(log, 25)
         for run_id in run_ids:

@@ -74,6 +74,7 @@ class WorkerState:
     registry: Mapping[str, Agent]
     provider: ModelProvider
     chunking: StreamConfig = field(default_factory=StreamConfig)
+    settings: Settings | None = None  # the worker's settings (None: the environment's)
     _runs: WorkerRuns | None = field(default=None, init=False, repr=False)
 
     def chunking_for(self, agent_name: str) -> StreamConfig:
@@ -84,7 +85,7 @@ class WorkerState:
     def runs(self) -> WorkerRuns:
         """Built on first use, in the loop the jobs run in."""
         if self._runs is None:
-            self._runs = WorkerRuns.on(self.stream_log)
+            self._runs = WorkerRuns.on(self.stream_log, self.settings)
         return self._runs
 
 

@@ -42,6 +42,7 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
         registry=registry,
         provider=build_provider(settings),
         chunking=settings.stream_config(),
+        settings=settings,
     )
 
 
