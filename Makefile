@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test lint docs bench bench-frameworks soak venv clean
+.PHONY: demo test lint docs bench bench-runs bench-frameworks soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ bench: $(STAMP)
 
 bench-frameworks: $(STAMP)
 	$(BIN)/python -m bench.frameworks $(BENCH_ARGS)
+
+# Many concurrent runs (docs/performance.md): this checkout and BEFORE side by side, medians of REPEAT.
+BEFORE ?= 2660476
+REPEAT ?= 3
+bench-runs: $(STAMP)
+	$(BIN)/python -m bench.runs --before $(BEFORE) --repeat $(REPEAT) $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

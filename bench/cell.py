@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import math
-import multiprocessing
 import os
 import time
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
 import redis
 from redis.asyncio import Redis
 
+from bench.fleet import BenchError, ProcessFleet
 from bench.histogram import Histogram
 from bench.loadgen import load_main
 from bench.procs import command_delta, cpu_s, host_busy_s, redis_snapshot, rss_kib, start_gateway
@@ -33,10 +32,6 @@ from tests.support.processes import TEST_SECRET, GatewayProcess
 
 HOST = "127.0.0.1"
 FEEDS = {"hub": "hub", "naive": "direct"}
-
-
-class BenchError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -60,10 +55,11 @@ class CellSpec:
         return FEEDS[self.mode]
 
 
-class LoadFleet:
+class LoadFleet(ProcessFleet):
     """The load processes of one cell and the request/reply traffic with them."""
 
     def __init__(self, spec: CellSpec, port: int, run_ids: list[str]) -> None:
+        super().__init__()
         procs = min(spec.viewers, max(spec.min_load_procs, math.ceil(spec.viewers / spec.viewers_per_proc)))
         secret = TEST_SECRET.encode()
         tokens = {run_id: issue_token(secret, run_id, 3_600) for run_id in run_ids}
@@ -71,44 +67,9 @@ class LoadFleet:
         self.plan = [viewers[p::procs] for p in range(procs)]
         self.port = port
         self.concurrency = spec.connect_concurrency
-        self.conns: list[Connection] = []
-        self.procs: list[multiprocessing.process.BaseProcess] = []
 
     def start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # never fork a process that runs an event loop
-        for p, share in enumerate(self.plan):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(
-                target=load_main,
-                args=(child, HOST, self.port, share, self.concurrency),
-                name=f"bench-load-{p}",
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def _ask(self, message: tuple[Any, ...] | None, expect: str, timeout: float) -> list[tuple[Any, ...]]:
-        if message is not None:
-            for conn in self.conns:
-                conn.send(message)
-        deadline = time.monotonic() + timeout
-        replies = []
-        for conn, proc in zip(self.conns, self.procs, strict=True):
-            if not conn.poll(max(0.0, deadline - time.monotonic())):
-                raise BenchError(f"{proc.name} gave no '{expect}' reply within {timeout:.0f} s")
-            try:
-                reply = conn.recv()
-            except EOFError:
-                raise BenchError(f"{proc.name} died (exit code {proc.exitcode})") from None
-            if reply[0] != expect:
-                raise BenchError(f"{proc.name} answered {reply[0]!r}, expected {expect!r}")
-            replies.append(reply)
-        return replies
-
-    async def ask(self, message: tuple[Any, ...] | None, expect: str, limit_s: float) -> list[tuple[Any, ...]]:
-        return await asyncio.to_thread(self._ask, message, expect, limit_s)
+        self.spawn(load_main, [(HOST, self.port, share, self.concurrency) for share in self.plan])
 
     async def connected(self, limit_s: float) -> tuple[int, dict[str, int]]:
         replies = await self.ask(None, "connected", limit_s)
@@ -125,20 +86,6 @@ class LoadFleet:
     async def finish(self, expected: dict[str, tuple[int, int]], limit_s: float) -> list[dict[str, Any]]:
         replies = await self.ask(("finish", expected, limit_s), "result", limit_s + 30)
         return [reply[1] for reply in replies]
-
-    def stop(self) -> None:
-        for conn in self.conns:
-            try:
-                conn.send(("exit",))
-            except OSError:
-                pass
-        for proc in self.procs:
-            proc.join(3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join(3)
-        for conn in self.conns:
-            conn.close()
 
 
 class Probe:

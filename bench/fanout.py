@@ -11,17 +11,15 @@ the whole invocation (or `--redis-url`). Progress goes to stderr; the tables, th
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import os
 import platform
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from bench.cell import CellSpec, run_cell
+from bench.common import log, run_and_report
 from bench.loadgen import raise_nofile_limit
 from bench.procs import start_redis
 from bench.report import render
@@ -113,10 +111,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     env = environment()
     log(f"fan-out benchmark: {env['cpus']} CPUs, load {env['loadavg_at_start']}, nofile {env['nofile_soft']}")
@@ -144,28 +138,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _terminate(signum: int, _frame: object) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1 or args.rate <= 0 or args.duration <= 0 or min(args.viewers_per_proc, args.min_load_procs) < 1:
         log("--runs, --rate, --duration, --viewers-per-proc and --min-load-procs must be positive")
         return 2
-    signal.signal(signal.SIGTERM, _terminate)  # cleanup runs in the same `finally` blocks as Ctrl-C
-    try:
-        result = asyncio.run(run(args))
-    except KeyboardInterrupt:
-        log("interrupted: every process this benchmark started has been stopped")
-        return 130
-    print(render(result))
-    line = json.dumps(result, separators=(",", ":"))
-    print(line)
-    if args.json_path:
-        with open(args.json_path, "w") as handle:
-            handle.write(line + "\n")
-    return 0 if all(cell.get("ok") for cell in result["cells"]) else 1
+    return run_and_report(lambda: run(args), render, args.json_path)
 
 
 if __name__ == "__main__":

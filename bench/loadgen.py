@@ -44,6 +44,24 @@ def entry_int(entry_id: bytes) -> int:
     return (int(ms) << 20) | int(seq)
 
 
+def published_at(data: bytes) -> float:
+    """The event's `timestamp` (wall time it was produced) from its compact JSON, without decoding the JSON."""
+    at = data.rfind(b'"timestamp":') + 12
+    return float(data[at : data.index(b",", at)])
+
+
+def pipe_reader(conn: Connection, loop: asyncio.AbstractEventLoop, inbox: asyncio.Queue[tuple[Any, ...]]) -> None:
+    """Thread body: forward the coordinator's messages into the loop's inbox until `exit`/`finish` (or EOF)."""
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            message = ("exit",)
+        loop.call_soon_threadsafe(inbox.put_nowait, message)
+        if message[0] in ("exit", "finish"):
+            return
+
+
 @dataclass
 class PhaseStats:
     count: int = 0
@@ -148,15 +166,17 @@ class Viewer(asyncio.Protocol):
         self.last_key = key
         self.checksum += key
         self.count += 1
-        at = data.rfind(b'"timestamp":') + 12
-        published = float(data[at : data.index(b",", at)])
-        phase = data[data.rfind(b'"trace_id":') + 11 : -1]
-        self.load.record(phase, self.now, self.now - published)
+        self.observe(event_type, data)
         if event_type in TERMINAL:
             self.done = True
             self.load.viewer_finished()
             if self.transport is not None:
                 self.transport.close()
+
+    def observe(self, event_type: bytes, data: bytes) -> None:
+        """Record one event's publish -> receive latency under its phase (the event JSON's `trace_id`)."""
+        phase = data[data.rfind(b'"trace_id":') + 11 : -1]
+        self.load.record(phase, self.now, self.now - published_at(data))
 
     def fail(self, reason: str) -> None:
         if self.failure is None and not self.done:
@@ -185,6 +205,19 @@ class Viewer(asyncio.Protocol):
         if not self.done:
             return "no terminal event"
         return None
+
+
+def verdicts(viewers: list[Viewer], expected: dict[str, tuple[int, int]]) -> tuple[int, Counter[str]]:
+    """How many viewers got exactly their run's events, and why the others did not."""
+    reasons: Counter[str] = Counter()
+    complete = 0
+    for viewer in viewers:
+        reason = viewer.verdict(expected.get(viewer.run_id))
+        if reason is None:
+            complete += 1
+        else:
+            reasons[reason] += 1
+    return complete, reasons
 
 
 class LoadRunner:
@@ -218,7 +251,7 @@ class LoadRunner:
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        threading.Thread(target=self._pipe_reader, args=(loop,), daemon=True).start()
+        threading.Thread(target=pipe_reader, args=(self.conn, loop, self.inbox), daemon=True).start()
         connected, errors = await self.connect_all()
         self.conn.send(("connected", connected, len(self.specs) - connected, dict(errors.most_common(5))))
         while True:
@@ -230,16 +263,6 @@ class LoadRunner:
                 return
             else:  # "exit", or the coordinator went away
                 self.close_all()
-                return
-
-    def _pipe_reader(self, loop: asyncio.AbstractEventLoop) -> None:
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                message = ("exit",)
-            loop.call_soon_threadsafe(self.inbox.put_nowait, message)
-            if message[0] in ("exit", "finish"):
                 return
 
     async def connect_all(self) -> tuple[int, Counter[str]]:
@@ -283,14 +306,7 @@ class LoadRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.all_finished.wait(), limit_s)
         self.close_all()
-        reasons: Counter[str] = Counter()
-        complete = 0
-        for viewer in self.viewers:
-            reason = viewer.verdict(expected.get(viewer.run_id))
-            if reason is None:
-                complete += 1
-            else:
-                reasons[reason] += 1
+        complete, reasons = verdicts(self.viewers, expected)
         return {
             "viewers": len(self.viewers),
             "complete": complete,

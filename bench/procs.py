@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -60,20 +60,32 @@ def host_busy_s() -> float:
 class RedisSnapshot:
     calls: dict[str, int]
     cpu_s: float
+    usec: dict[str, int] = field(default_factory=dict)  # time spent per command (a script's own includes its calls)
 
 
 def redis_snapshot(client: redis.Redis) -> RedisSnapshot:
     """Per-command call counts (commands run inside Lua scripts included) and the server's CPU time."""
     stats = client.info("commandstats")
     calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    usec = {name.removeprefix("cmdstat_"): int(value.get("usec", 0)) for name, value in stats.items()}
     cpu = client.info("cpu")
-    return RedisSnapshot(calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
+    return RedisSnapshot(calls, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]), usec)
+
+
+def _delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Per-command growth between two snapshots (the harness's probes left out), largest first."""
+    delta = {
+        name: value - before.get(name, 0)
+        for name, value in after.items()
+        if name not in IGNORED_COMMANDS and value != before.get(name, 0)
+    }
+    return dict(sorted(delta.items(), key=lambda item: -item[1]))
+
+
+def usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
+    """Microseconds Redis spent inside each command between two snapshots."""
+    return _delta(before.usec, after.usec)
 
 
 def command_delta(before: RedisSnapshot, after: RedisSnapshot) -> dict[str, int]:
-    delta = {
-        name: calls - before.calls.get(name, 0)
-        for name, calls in after.calls.items()
-        if name not in IGNORED_COMMANDS and calls != before.calls.get(name, 0)
-    }
-    return dict(sorted(delta.items(), key=lambda item: -item[1]))
+    return _delta(before.calls, after.calls)

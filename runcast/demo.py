@@ -16,6 +16,7 @@ from runcast.gateway.app import create_app
 from runcast.shared.redis_client import queue_redis, redis_from_url, stream_redis
 from runcast.shared.settings import Settings
 from runcast.worker.job import run_agent
+from runcast.worker.resilient import ResilientWorker
 from runcast.worker.settings import build_state
 
 
@@ -47,14 +48,14 @@ def configured_clients(settings: Settings) -> tuple[Redis, ArqRedis]:
 async def build_embedded(settings: Settings, redis: Redis, queue: ArqRedis) -> tuple[FastAPI, Worker]:
     """A gateway app and an arq worker sharing one process and one Redis."""
     state = await build_state(settings, redis)
-    worker = Worker(
+    worker = ResilientWorker(
         functions=[run_agent],
         redis_pool=queue,
         queue_name=settings.queue_name,
         ctx={"runcast": state},
         handle_signals=False,
-        poll_delay=0.05,
-        max_jobs=200,
+        max_jobs=settings.worker_max_jobs,
+        redis_retry_s=settings.redis_retry_s,
     )
     return create_app(settings, redis=redis, queue=queue), worker
 

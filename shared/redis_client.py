@@ -13,9 +13,11 @@ from typing import Any, TypeAlias
 
 from arq.connections import ArqRedis
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import Connection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import DataError, ReadOnlyError
+from redis.utils import HIREDIS_AVAILABLE
 
 from runcast.shared.resilience import TRANSIENT_ERRORS
 from runcast.shared.sentinel import SentinelUrl
@@ -32,18 +34,45 @@ _READONLY_RECONNECTS: dict[str, object] = {"retry_on_error": [ReadOnlyError], "r
 (managed Redis services do that), a pooled connection to the demoted primary would otherwise get READONLY for ever."""
 
 
+if HIREDIS_AVAILABLE:
+    import hiredis
+
+    class HiredisPackingConnection(Connection):
+        """A TCP connection that packs commands with hiredis, as redis-py's sync client does (its asyncio one packs
+        in Python). Same bytes on the wire; ~8x less CPU for a worker's append call of a few thousand arguments,
+        which was ~10% of a worker's CPU per event (measured with py-spy)."""
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            if isinstance(args[0], str):  # a command name like "CLIENT ID" goes out as two arguments
+                args = (*args[0].encode().split(), *args[1:])
+            elif b" " in args[0]:
+                args = (*args[0].split(), *args[1:])
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError as exc:
+                raise DataError(str(exc)) from exc
+
+    _CONNECTION: dict[str, object] = {"connection_class": HiredisPackingConnection}
+else:  # pragma: no cover - hiredis is a dependency (redis[hiredis])
+    _CONNECTION = {}
+
+
+def _packing(url: str) -> dict[str, object]:
+    return _CONNECTION if url.startswith("redis://") else {}  # TLS and unix sockets keep their own classes
+
+
 def redis_from_url(url: str, **options: object) -> Redis:
     """A client for `redis://`, `rediss://`, `unix://` or `redis+sentinel://` (the current primary) URLs."""
     merged = {**_OPTIONS, **_READONLY_RECONNECTS, **options}
     target = SentinelUrl.parse(url)
     if target is not None:
         return target.master(**merged)
-    return Redis.from_url(url, **merged)  # type: ignore[arg-type]
+    return Redis.from_url(url, **{**merged, **_packing(url)})  # type: ignore[arg-type]
 
 
 def cluster_from_url(url: str, **options: object) -> RedisCluster:
     """A cluster client seeded by one node's URL; it discovers the other nodes and follows MOVED/ASK itself."""
-    return RedisCluster.from_url(url, **{**_OPTIONS, **options})  # type: ignore[arg-type]
+    return RedisCluster.from_url(url, **{**_OPTIONS, **_packing(url), **options})  # type: ignore[arg-type]
 
 
 def stream_redis(settings: Settings) -> AnyRedis:

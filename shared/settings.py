@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     sweep_interval_s: float | None = Field(
         None, gt=0, description="how often each gateway sweeps running runs for lost workers (default worker_lost_s/3)"
     )
+    worker_max_jobs: int = Field(200, ge=1, description="runs one worker process executes at once")
+    worker_write_interval_ms: float = Field(
+        3.0, ge=0, description="a busy worker sends its runs' events at most this often (one Redis call each time)"
+    )
     job_completion_wait_s: int = Field(
         20, ge=0, description="on SIGTERM a worker lets running agents finish this long, then ends them"
     )

@@ -9,34 +9,45 @@ from itertools import chain
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
+from redis.crc import key_slot
 
+from runcast.shared.append import (
+    APPEND_LUA,
+    ENDED,
+    TERMINAL_STATUSES,
+    UNKNOWN,
+    Conflict,
+    IdClock,
+    Reply,
+    RunAppend,
+    parse_reply,
+    run_calls,
+    script_call,
+    status_after,
+)
 from runcast.shared.ids import START_ID, entry_key
 from runcast.shared.keys import events_key, meta_key
+from runcast.shared.redis_client import is_cluster
 from runcast.shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEvent, StreamingEventType
 
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
-RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
+__all__ = [
+    "RUN_STATUSES",
+    "TERMINAL_STATUSES",
+    "AppendConflict",
+    "Entry",
+    "IdClock",
+    "Reset",
+    "RunAppend",
+    "RunEnded",
+    "StreamLog",
+    "UnknownRun",
+    "status_after",
+    "to_entries",
+]
 
-# KEYS: events, meta.  ARGV: maxlen, now, retention_s, new_status ('' keeps it), then (type, json) pairs.
-# Returns the last entry id, or 0 when the run has already ended, or -1 when the run is unknown.
-# Checking "already ended" and appending in one script is what makes a run end exactly once.
-_APPEND_LUA = """
-local status = redis.call('HGET', KEYS[2], 'status')
-if not status then return -1 end
-if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
-local id
-for i = 5, #ARGV, 2 do
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i], 'event', ARGV[i + 1])
-end
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[2], 'status', ARGV[4], 'updated_at', ARGV[2], 'last_event_id', id)
-else
-  redis.call('HSET', KEYS[2], 'updated_at', ARGV[2], 'last_event_id', id)
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-return id
-"""
+RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
+MAX_EVENTS_PER_CALL = 1_000
+"""Most events one append call carries: a script call blocks Redis for its duration (~5 us per event)."""
 
 # KEYS: meta.  ARGV: retention_s, then field/value pairs. One atomic step on one key, so it works unchanged on a
 # Redis Cluster (redis-py's cluster client has no MULTI) and a crash can never leave a meta hash without its TTL.
@@ -80,17 +91,12 @@ class UnknownRun(Exception):
     pass
 
 
-def status_after(event: StreamingEvent) -> str:
-    """The run status an event moves the run to ('' = unchanged)."""
-    if event.type is StreamingEventType.START:
-        return "running"
-    if event.type is StreamingEventType.COMPLETE:
-        return "completed"
-    if event.type is StreamingEventType.ERROR:
-        data = event.data
-        error_type = data.get("error_type") if isinstance(data, dict) else getattr(data, "error_type", "")
-        return "cancelled" if error_type == "cancelled" else "failed"
-    return ""
+class AppendConflict(Exception):
+    """Appender-chosen ids were not after the log's last id (`top`); nothing was appended."""
+
+    def __init__(self, run_id: str, top: str) -> None:
+        super().__init__(f"run {run_id}: ids not after the log's last entry {top}")
+        self.top = top
 
 
 def to_entries(raw: list[tuple[str, dict[str, str]]]) -> list[Entry]:
@@ -104,7 +110,8 @@ class StreamLog:
         self.redis = redis
         self.maxlen = maxlen
         self.retention_s = retention_s
-        self._append = redis.register_script(_APPEND_LUA)
+        self._append = redis.register_script(APPEND_LUA)
+        self._cluster = is_cluster(redis)
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
@@ -143,21 +150,51 @@ class StreamLog:
         return await self.append_many(run_id, [event])
 
     async def append_many(self, run_id: str, events: list[StreamingEvent]) -> str:
-        """Append events in order in one round trip; the status follows the last status-changing event."""
+        """Append events in order in one round trip; the status follows the last status-changing event.
+
+        Redis chooses the ids: not safe to resend after a lost reply (`DurableStreamLog` is).
+        """
         if not events:
             raise ValueError("nothing to append")
-        status = ""
-        args: list[Any] = [self.maxlen, _now(), self.retention_s, ""]
-        for event in events:
-            status = status_after(event) or status
-            args += [event.type.value, event.to_json()]
-        args[3] = status
-        result = await self._append(keys=[events_key(run_id), meta_key(run_id)], args=args)
-        if result == 0:
-            raise RunEnded(run_id)
-        if result == -1:
-            raise UnknownRun(run_id)
-        return result.decode() if isinstance(result, bytes) else str(result)
+        return await self.append_one(RunAppend.build(run_id, events))
+
+    async def append_one(self, append: RunAppend) -> str:
+        """Run one run's append; its last entry id, or RunEnded / UnknownRun / AppendConflict."""
+        keys, args = script_call([append], self.maxlen, _now(), self.retention_s)
+        replies = await self._append(keys=keys, args=args)
+        return checked(append.run_id, parse_reply(replies[0]))
+
+    async def append_runs(self, appends: list[RunAppend]) -> list[Reply]:
+        """The appends of many runs in one round trip; one reply per append, in order (see `runcast.shared.append`).
+
+        A plain Redis takes all runs in one script call (split every MAX_EVENTS_PER_CALL events); a cluster one call
+        per slot, all sent in one pipeline.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, append in enumerate(appends):
+            groups.setdefault(_slot(append.run_id) if self._cluster else 0, []).append(i)
+        calls: list[list[int]] = []
+        for members in groups.values():
+            current: list[int] = []
+            size = 0
+            for i in members:
+                if current and size + len(appends[i].entries) > MAX_EVENTS_PER_CALL:
+                    calls.append(current)
+                    current, size = [], 0
+                current.append(i)
+                size += len(appends[i].entries)
+            calls.append(current)
+        now = _now()
+        raw = await run_calls(
+            self.redis,
+            self._append,
+            [script_call([appends[i] for i in call], self.maxlen, now, self.retention_s) for call in calls],
+        )
+        replies: list[Reply] = [ENDED] * len(appends)
+        for call, reply in zip(calls, raw, strict=True):
+            for i, one in zip(call, reply, strict=True):
+                replies[i] = parse_reply(one)
+        return replies
 
     async def end_run(self, run_id: str, error_type: str, detail: str) -> str | None:
         """End a run from outside its worker (cancel, lost worker) with a terminal ERROR event.
@@ -211,6 +248,21 @@ class StreamLog:
         if not reply:
             return []
         return to_entries(_xread_entries(reply))
+
+
+def checked(run_id: str, reply: Reply) -> str:
+    """A run's reply as its last entry id, or the exception it stands for."""
+    if isinstance(reply, Conflict):
+        raise AppendConflict(run_id, reply.top)
+    if reply == ENDED:
+        raise RunEnded(run_id)
+    if reply == UNKNOWN:
+        raise UnknownRun(run_id)
+    return str(reply)
+
+
+def _slot(run_id: str) -> int:
+    return key_slot(events_key(run_id).encode())
 
 
 def _xread_entries(reply: Any) -> list[tuple[str, dict[str, str]]]:

@@ -135,11 +135,12 @@ async def test_js_stream_gives_up_with_failed_after_its_budget(
     node: str, limited_gateway: GatewayProcess, http: httpx.AsyncClient
 ):
     async with AsyncClient(limited_gateway.url, LIMITED_API_KEY) as client:
-        run = await client.create_run("echo", words(150))
-    first = ResumingViewer([limited_gateway.url], run.run_id, run.token)
-    holding = asyncio.create_task(first.run(http, timeout_s=60))
-    await wait_until(lambda: len(first.received) >= 1, 20, "the first viewer to hold the slot")
-    result = await run_js(node, "followQuick", baseUrl=limited_gateway.url, runId=run.run_id, token=run.token)
+        run = await client.create_run("echo", words(1500))  # 30 s: the slot stays taken, however slow node starts
+        first = ResumingViewer([limited_gateway.url], run.run_id, run.token)
+        holding = asyncio.create_task(first.run(http, timeout_s=60))
+        await wait_until(lambda: len(first.received) >= 1, 20, "the first viewer to hold the slot")
+        result = await run_js(node, "followQuick", baseUrl=limited_gateway.url, runId=run.run_id, token=run.token)
+        await client.cancel(run.run_id)  # the first viewer's stream ends with the run
     await holding
     done = result["done"]
     assert (

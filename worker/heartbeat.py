@@ -1,14 +1,20 @@
-"""The worker's liveness signal for a run it is executing, and its clean-up when the run stops.
+"""The worker's liveness signal for the runs it is executing, and its clean-up when a run stops.
 
-`async with run_heartbeat(stream_log, run_id):` around the agent:
+The contract with the gateways' sweeper (`runcast.gateway.sweeper`) is per run: `heartbeat_key(run_id)`, a key with a
+short TTL (`lost_s`), kept alive while the run's agent runs, and the run listed in `RUNNING_KEY`. A listed run whose
+key has expired lost its worker (killed, frozen, or cut off from Redis for longer than `lost_s`) and is ended with
+ERROR `worker_lost`.
+
+`Heartbeats` keeps that contract for every run of a worker process with one task: one pipeline of `SET ... PX` for all
+its runs every `lost_s / 3` (not one timer and one round trip per run).
+
+`async with run_heartbeat(stream_log, run_id, heartbeats=...):` around the agent:
 - on enter: `SET heartbeat_key(run_id) PX lost_ms` then `ZADD RUNNING_KEY` (in that order, so a run the sweeper sees in
   the index always had a heartbeat);
-- while inside: a task refreshes the key every `lost_s / 3`, so it only expires when this worker stops beating
-  (killed, frozen, or cut off from Redis for longer than `lost_s`) and a gateway's sweeper then ends the run
-  with ERROR `worker_lost` (see `runcast.gateway.sweeper`);
 - on cancellation (arq cancels running jobs after `job_completion_wait` on SIGTERM, or at the job timeout): the run
   is ended with ERROR `worker_shutdown` through `StreamLog.end_run` (atomic: a no-op when it already ended);
 - on exit: the key and the index entry are removed (best effort: if Redis is away the key simply expires).
+Without `heartbeats`, the run gets a `Heartbeats` of its own.
 """
 
 from __future__ import annotations
@@ -16,45 +22,91 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 
 from runcast.shared.keys import heartbeat_key
+from runcast.shared.redis_client import is_cluster
 from runcast.shared.resilience import RUNNING_KEY, TRANSIENT_ERRORS
 from runcast.shared.settings import get_settings
 from runcast.shared.streamlog import StreamLog
+from runcast.worker.batcher import CommandBatcher
 
 log = logging.getLogger("runcast.worker")
 
 SHUTDOWN_END_TIMEOUT_S = 5.0
 """How long a cancelled job may spend recording `worker_shutdown` before the process gives up on it."""
+REFRESH_BATCH = 1_000
 
 
-async def beat(stream_log: StreamLog, run_id: str, lost_s: float) -> None:
-    await stream_log.redis.set(heartbeat_key(run_id), "1", px=max(int(lost_s * 1000), 1))
+class Heartbeats:
+    """The heartbeat keys of all runs of one worker process, refreshed together; the task runs while any run does."""
 
+    def __init__(self, redis: object, lost_s: float, batcher: CommandBatcher | None = None) -> None:
+        self.redis = redis
+        self.lost_s = lost_s
+        self.batcher = batcher or CommandBatcher(redis)
+        self.runs: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
 
-async def _refresh(stream_log: StreamLog, run_id: str, lost_s: float) -> None:
-    every = max(lost_s / 3, 0.05)
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await beat(stream_log, run_id, lost_s)
-        except TRANSIENT_ERRORS as exc:  # keep trying: the key outlives a blip shorter than lost_s
-            log.warning("heartbeat for run %s not refreshed: %s", run_id, exc)
+    @property
+    def every_s(self) -> float:
+        return max(self.lost_s / 3, 0.05)
 
+    async def add(self, run_id: str) -> None:
+        """Beat for `run_id` now and list it as running (heartbeat first), then keep it beating."""
+        ttl_ms = self._ttl_ms()
+        claimed = {run_id: time.time()}  # the score is informational (claim time); the sweeper reads members only
+        if is_cluster(self.redis):  # keys in two slots: a cluster pipeline does not keep their order
+            await self.batcher.run(lambda pipe: pipe.set(heartbeat_key(run_id), "1", px=ttl_ms))
+            await self.batcher.run(lambda pipe: pipe.zadd(RUNNING_KEY, claimed))
+        else:  # one connection: in order, in one round trip shared with the other jobs starting now
+            await self.batcher.run(
+                lambda pipe: (pipe.set(heartbeat_key(run_id), "1", px=ttl_ms), pipe.zadd(RUNNING_KEY, claimed))
+            )
+        self.runs.add(run_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._refresh(), name="runcast-heartbeats")
 
-async def _forget(stream_log: StreamLog, run_id: str) -> None:
-    with contextlib.suppress(*TRANSIENT_ERRORS):
-        await stream_log.redis.delete(heartbeat_key(run_id))
-        await stream_log.redis.zrem(RUNNING_KEY, run_id)
+    async def remove(self, run_id: str) -> None:
+        self.runs.discard(run_id)
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            await self.batcher.run(lambda pipe: (pipe.delete(heartbeat_key(run_id)), pipe.zrem(RUNNING_KEY, run_id)))
+
+    async def beat_all(self) -> None:
+        runs = list(self.runs)
+        ttl_ms = self._ttl_ms()
+        for start in range(0, len(runs), REFRESH_BATCH):
+            async with self.redis.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
+                for run_id in runs[start : start + REFRESH_BATCH]:
+                    pipe.set(heartbeat_key(run_id), "1", px=ttl_ms)
+                await pipe.execute()
+
+    async def _refresh(self) -> None:
+        while self.runs:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.beat_all()
+            except TRANSIENT_ERRORS as exc:  # keep trying: the keys outlive a blip shorter than lost_s
+                log.warning("heartbeats of %d runs not refreshed: %s", len(self.runs), exc)
+
+    def _ttl_ms(self) -> int:
+        return max(int(self.lost_s * 1000), 1)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 @contextlib.asynccontextmanager
-async def run_heartbeat(stream_log: StreamLog, run_id: str, lost_s: float | None = None) -> AsyncIterator[None]:
-    lost_s = lost_s if lost_s is not None else get_settings().worker_lost_s
-    await beat(stream_log, run_id, lost_s)
-    await stream_log.redis.zadd(RUNNING_KEY, {run_id: await _server_time(stream_log)})
-    refresher = asyncio.create_task(_refresh(stream_log, run_id, lost_s), name=f"heartbeat-{run_id}")
+async def run_heartbeat(
+    stream_log: StreamLog, run_id: str, lost_s: float | None = None, *, heartbeats: Heartbeats | None = None
+) -> AsyncIterator[None]:
+    own = heartbeats is None
+    beats = heartbeats or Heartbeats(stream_log.redis, lost_s if lost_s is not None else get_settings().worker_lost_s)
+    await beats.add(run_id)
     try:
         yield
     except asyncio.CancelledError:
@@ -66,12 +118,6 @@ async def run_heartbeat(stream_log: StreamLog, run_id: str, lost_s: float | None
             )
         raise
     finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
-        await _forget(stream_log, run_id)
-
-
-async def _server_time(stream_log: StreamLog) -> float:
-    seconds, micros = await stream_log.redis.time()
-    return seconds + micros / 1e6
+        await beats.remove(run_id)
+        if own:
+            await beats.aclose()

@@ -1,10 +1,13 @@
 """The arq job: run one run's agent and publish each event to the run's stream the moment it happens.
 
-Stopping: a run can be ended from outside (`POST /v1/runs/{id}/cancel` -> `StreamLog.end_run`, status
-`cancelled`). While the agent runs, a watcher polls the run's status every `CANCEL_POLL_S` and cancels the agent
-task as soon as the run has ended, wherever it is (model stream or tool); an append after the end raises
-`RunEnded`, which also just stops the job quietly. When arq cancels the job itself (worker shutdown after its
-grace period, abort, job timeout) the run is ended with ERROR `worker_shutdown` before the cancellation goes on.
+Per worker process, not per run (`WorkerRuns`): one writer sends the appends of all runs (`runcast.worker.writer`),
+one task refreshes all heartbeats (`runcast.worker.heartbeat`), one watch notices runs ended from outside
+(`runcast.worker.watch`). A job opens its run's channel in each and waits for whichever comes first: the agent done
+and its events in the log, or the run ended from outside (cancel: an append refused, or the watch saw the status),
+in which case the agent task is cancelled wherever it is (model stream or tool).
+
+Stopping: when arq cancels the job itself (worker shutdown after its grace period, abort, job timeout) the run is
+ended with ERROR `worker_shutdown` before the cancellation goes on.
 """
 
 from __future__ import annotations
@@ -16,22 +19,52 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from runcast.shared.conversations import ConversationStore
 from runcast.shared.keys import meta_key
+from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
 from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
+from runcast.worker.batcher import CommandBatcher
 from runcast.worker.conversation import end_turn, run_history
-from runcast.worker.heartbeat import run_heartbeat
+from runcast.worker.heartbeat import Heartbeats, run_heartbeat
 from runcast.worker.providers.base import ModelProvider
 from runcast.worker.publisher import publish_events
 from runcast.worker.runnable import RunnableAgent, RunRequest, run_events
+from runcast.worker.watch import CANCEL_POLL_S, EndWatch
+from runcast.worker.writer import AppendWriter
+
+__all__ = ["CANCEL_POLL_S", "WorkerRuns", "WorkerState", "run_agent"]
 
 log = logging.getLogger("runcast.worker")
 
-CANCEL_POLL_S = 0.15
-"""How often a running job checks whether its run was ended from outside (cancel reaches the agent within this)."""
+
+@dataclass
+class WorkerRuns:
+    """The per-process services every running job shares."""
+
+    writer: AppendWriter
+    heartbeats: Heartbeats
+    watch: EndWatch
+    batcher: CommandBatcher
+
+    @classmethod
+    def on(cls, stream_log: StreamLog, settings: Settings | None = None) -> WorkerRuns:
+        conf = settings or get_settings()
+        writer = AppendWriter(stream_log, interval_s=conf.worker_write_interval_ms / 1000)
+        batcher = CommandBatcher(stream_log.redis)
+        heartbeats = Heartbeats(stream_log.redis, conf.worker_lost_s, batcher)
+        return cls(writer, heartbeats, EndWatch(stream_log.redis), batcher)
+
+    async def read_meta(self, run_id: str) -> dict[str, str] | None:
+        """The run's meta hash (None when it is gone), read in the round trip shared with the other jobs."""
+        (meta,) = await self.batcher.run(lambda pipe: pipe.hgetall(meta_key(run_id)))
+        return meta or None
+
+    async def aclose(self) -> None:
+        await self.batcher.aclose()
+        await self.writer.aclose()
+        await self.heartbeats.aclose()
+        await self.watch.aclose()
 
 
 @dataclass
@@ -43,16 +76,26 @@ class WorkerState:
     provider: ModelProvider
     chunking: StreamConfig = field(default_factory=StreamConfig)
     conversations: ConversationStore | None = None  # None: limits from the environment (worker/conversation.py)
+    settings: Settings | None = None  # the worker's settings (None: the environment's)
+    _runs: WorkerRuns | None = field(default=None, init=False, repr=False)
 
     def chunking_for(self, agent_name: str) -> StreamConfig:
         agent = self.registry.get(agent_name)
         return agent.chunking if agent is not None and agent.chunking is not None else self.chunking
 
+    @property
+    def runs(self) -> WorkerRuns:
+        """Built on first use, in the loop the jobs run in."""
+        if self._runs is None:
+            self._runs = WorkerRuns.on(self.stream_log, self.settings)
+        return self._runs
+
 
 async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
     state: WorkerState = ctx["runcast"]
     stream_log = state.stream_log
-    meta = await stream_log.get_meta(run_id)
+    runs = state.runs
+    meta = await runs.read_meta(run_id)
     if meta is None:
         log.warning("run %s has no meta (expired?); skipping", run_id)
         return "unknown"
@@ -67,17 +110,16 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         log.info("run %s is %s, not queued; not running it (again)", run_id, meta.get("status"))
         return meta.get("status", "unknown")
     agent = state.registry.get(meta.get("agent", ""))
+    status = ""
     try:
         if agent is None:
             error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
             await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
             return "failed"
         history = await run_history(state, meta)
-        async with run_heartbeat(stream_log, run_id):
-            request = RunRequest.from_meta(
-                run_id, meta, provider=state.provider, registry=state.registry, history=history
-            )
-            await _run_until_done_or_ended(state, agent, request)
+        request = RunRequest.from_meta(run_id, meta, provider=state.provider, registry=state.registry, history=history)
+        async with run_heartbeat(stream_log, run_id, heartbeats=runs.heartbeats):
+            status = await _run_until_done_or_ended(state, agent, request)
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:
@@ -90,41 +132,38 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         with contextlib.suppress(RunEnded, UnknownRun):
             await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
     await end_turn(state, run_id, meta)
-    final = await stream_log.get_meta(run_id)
+    if status in TERMINAL_STATUSES:  # our own terminal event is in the log: no need to read it back
+        return status
+    final = await runs.read_meta(run_id)
     return (final or {}).get("status", "unknown")
 
 
-async def _run_until_done_or_ended(state: WorkerState, agent: RunnableAgent, request: RunRequest) -> None:
-    """Publish the agent's events; stop it within CANCEL_POLL_S once the run has been ended from outside."""
+async def _run_until_done_or_ended(state: WorkerState, agent: RunnableAgent, request: RunRequest) -> str:
+    """Publish the agent's events; stop the agent as soon as the run is known to have ended from outside.
+
+    Returns the status the run's own events moved it to (its terminal status when the agent finished)."""
+    runs = state.runs
     run_id = request.run_id
+    channel = runs.writer.open(run_id)
+    runs.watch.add(channel)
     events = run_events(agent, request)
     publisher = asyncio.create_task(
-        publish_events(events, state.stream_log, run_id, state.chunking_for(agent.name), state.chunking_for),
-        name=f"publish:{run_id}",
+        publish_events(events, channel, state.chunking_for(agent.name), state.chunking_for), name=f"publish:{run_id}"
     )
-    watcher = asyncio.create_task(_wait_until_ended(state.stream_log, run_id), name=f"watch:{run_id}")
     try:
-        await asyncio.wait({publisher, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({publisher, channel.ended}, return_when=asyncio.FIRST_COMPLETED)
         if publisher.done():
             publisher.result()  # raises RunEnded or the agent's failure
+            return channel.status
         else:
             log.info("run %s ended from outside; cancelling its agent", run_id)
+            if channel.error is not None:
+                raise channel.error  # RunEnded / UnknownRun, or Redis gone for longer than the retry budget
+            return ""
     finally:
-        for task in (publisher, watcher):
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, RunEnded, UnknownRun):
-                    await task
-
-
-async def _wait_until_ended(stream_log: StreamLog, run_id: str) -> None:
-    """Return once the run's status is terminal (or its meta is gone)."""
-    while True:
-        await asyncio.sleep(CANCEL_POLL_S)
-        try:
-            status = await stream_log.redis.hget(meta_key(run_id), "status")
-        except (RedisError, OSError) as exc:  # a blip must not stop a healthy run; appends will surface a real outage
-            log.warning("run %s: status check failed (%s); retrying", run_id, exc)
-            continue
-        if status is None or status in TERMINAL_STATUSES:
-            return
+        runs.watch.discard(channel)
+        channel.close()
+        if not publisher.done():
+            publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await publisher

@@ -1,26 +1,23 @@
 """Publishing a run's events to its Redis stream under a chunking policy (`runcast.shared.streaming.StreamConfig`).
 
-The agent produces events into a queue; one publisher loop takes them out, lets the `Coalescer` merge text deltas
-the policy wants merged, and appends what is ready with `StreamLog.append_many` — everything that piled up while the
-previous write was in flight goes out in one round trip, so a fast model never costs one Redis write per token.
-Pending text is published after at most `max_delay_ms` (a slow model still streams) and always before any
+The publisher iterates the agent's events in the agent's own task, lets the `Coalescer` merge text deltas the policy
+wants merged, and puts what is ready into the run's `RunChannel`: the worker's one writer sends what all runs have
+put in one round trip per tick (`runcast.worker.writer`), so neither a fast model nor many runs cost one Redis write
+per token. Pending text is published after at most `max_delay_ms` (a slow model still streams) and always before any
 non-chunk event, so the order of events is never changed.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from runcast.shared.streaming import StreamConfig, StreamingChunk, StreamingEvent, StreamingEventType
-from runcast.shared.streamlog import StreamLog
+from runcast.worker.writer import MAX_PENDING, RunChannel
 
-MAX_BATCH = 256
-"""Most events in one append (bounds the Lua script's argument list)."""
-
+_CHUNK, _AGENT_SWITCH = StreamingEventType.CHUNK, StreamingEventType.AGENT_SWITCH  # module constants: faster
 _SENTENCE_END = (".", "!", "?", "…", "\n", '."', '!"', '?"', ".)", ".'")
 
 
@@ -53,7 +50,7 @@ class Coalescer:
         return self._pending.since + self.config.max_delay_ms / 1000
 
     def add(self, event: StreamingEvent) -> list[StreamingEvent]:
-        if event.type is not StreamingEventType.CHUNK or not isinstance(event.data, StreamingChunk):
+        if event.type is not _CHUNK or not isinstance(event.data, StreamingChunk):
             out = self.flush()
             out.append(event)
             self._fresh = True
@@ -102,76 +99,73 @@ class Coalescer:
         self.config = config
 
 
-_DONE = object()
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
 async def publish_events(
     events: AsyncIterator[StreamingEvent],
-    stream_log: StreamLog,
-    run_id: str,
+    channel: RunChannel,
     config: StreamConfig,
     config_for_agent: Callable[[str], StreamConfig] | None = None,
 ) -> int:
-    """Publish every event of `events` to the run's stream; return the number of appends (round trips).
+    """Publish every event of `events` into the run's channel and wait until all are in the log; the count.
 
     Raises `RunEnded` when the run was ended from outside (cancel), and whatever the agent raised, after
     publishing what it produced before. On AGENT_SWITCH the policy follows the new agent (`config_for_agent`).
+    Pending coalesced text is put when its `max_delay_ms` passes even while the agent is quiet (a timer, no task).
     """
-    queue: asyncio.Queue[object] = asyncio.Queue()
-
-    async def produce() -> None:
-        try:
-            async for event in events:
-                queue.put_nowait(event)
-        except Exception as exc:
-            queue.put_nowait(_Failed(exc))
-        else:
-            queue.put_nowait(_DONE)
-
     coalescer = Coalescer(config)
-    producer = asyncio.create_task(produce(), name=f"agent:{run_id}")
-    appends = 0
+    loop = asyncio.get_running_loop()
+    timer: asyncio.TimerHandle | None = None
+    published = 0
+
+    def put(batch: list[StreamingEvent]) -> None:
+        nonlocal published
+        if batch:
+            channel.put(batch)
+            published += len(batch)
+
+    def on_deadline() -> None:
+        nonlocal timer
+        timer = None
+        if channel.error is None:  # a failed channel: the publisher sees it at its next put
+            put(coalescer.due())
+            arm()
+
+    def arm() -> None:
+        nonlocal timer
+        deadline = coalescer.deadline
+        if deadline is None:
+            if timer is not None:
+                timer.cancel()
+                timer = None
+        elif timer is None:
+            timer = loop.call_at(_loop_time(deadline), on_deadline)
+
+    failure: Exception | None = None
+    iterator = aiter(events)
     try:
-        finished: object = None
-        while finished is None:
-            batch: list[StreamingEvent] = []
-            deadline = coalescer.deadline
+        while True:
             try:
-                async with asyncio.timeout_at(_loop_time(deadline)):
-                    item = await queue.get()
-            except TimeoutError:
-                item = None
-            while item is not None:
-                if item is _DONE or isinstance(item, _Failed):
-                    finished = item
-                    batch += coalescer.flush()
-                    break
-                assert isinstance(item, StreamingEvent)
-                batch += coalescer.add(item)
-                if item.type is StreamingEventType.AGENT_SWITCH and config_for_agent and isinstance(item.data, dict):
-                    coalescer.set_config(config_for_agent(str(item.data.get("to_agent", ""))))
-                item = queue.get_nowait() if not queue.empty() and len(batch) < MAX_BATCH else None
-            batch += coalescer.due()
-            if batch:
-                await stream_log.append_many(run_id, batch)
-                appends += 1
-        if isinstance(finished, _Failed):
-            raise finished.exc
-        return appends
+                event = await anext(iterator)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # the agent failed: what it produced before still goes out, in order
+                failure = exc
+                break
+            put(coalescer.add(event))
+            if event.type is _AGENT_SWITCH and config_for_agent and isinstance(event.data, dict):
+                coalescer.set_config(config_for_agent(str(event.data.get("to_agent", ""))))
+            arm()
+            if channel.backlog >= MAX_PENDING:
+                await channel.room()
+        put(coalescer.flush())
     finally:
-        if not producer.done():
-            producer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await producer
+        if timer is not None:
+            timer.cancel()
+    await channel.flush()
+    if failure is not None:
+        raise failure
+    return published
 
 
-def _loop_time(deadline: float | None) -> float | None:
-    """A `time.monotonic()` deadline on the event loop's clock (None = no deadline)."""
-    if deadline is None:
-        return None
+def _loop_time(deadline: float) -> float:
+    """A `time.monotonic()` deadline on the event loop's clock."""
     return asyncio.get_running_loop().time() + (deadline - time.monotonic())

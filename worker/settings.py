@@ -43,6 +43,7 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
         provider=build_provider(settings),
         chunking=settings.stream_config(),
         conversations=conversation_store(redis, settings),
+        settings=settings,
     )
 
 
@@ -60,6 +61,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
         await watch.stop()
     state: WorkerState | None = ctx.get("runcast")
     if state is not None:
+        await state.runs.aclose()
         close = getattr(state.provider, "aclose", None)
         if close is not None:
             await close()
@@ -94,7 +96,7 @@ class WorkerSettings:
     on_shutdown = shutdown
     redis_settings = arq_redis_settings(get_settings())
     queue_name = get_settings().queue_name
-    max_jobs = 200
+    max_jobs = get_settings().worker_max_jobs
     job_timeout = 3600
     keep_result = 60
     allow_abort_jobs = True

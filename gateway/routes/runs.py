@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
+import weakref
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
+from redis.asyncio import Redis
 
 from runcast.gateway import conversations
 from runcast.gateway.guards import idempotency
@@ -24,6 +27,7 @@ from runcast.gateway.schemas import (
 )
 from runcast.gateway.state import GatewayState, get_state
 from runcast.shared.conversations import META_CONVERSATION_ID, run_meta_fields
+from runcast.shared.doorbell import enqueue_and_ring
 from runcast.shared.ids import new_run_id
 from runcast.shared.keys import AGENTS_KEY
 from runcast.shared.settings import Settings
@@ -53,8 +57,25 @@ def check_input(settings: Settings, text: str) -> None:
         raise HTTPException(413, f"input is {size} bytes; the limit is {settings.max_input_bytes}")
 
 
+AGENT_SEEN_S = 5.0
+"""How long an agent name found in the agents hash is trusted without asking Redis again (workers only add names)."""
+_seen: weakref.WeakKeyDictionary[Redis, dict[str, float]] = weakref.WeakKeyDictionary()
+
+
+async def agent_exists(state: GatewayState, name: str) -> bool:
+    """Whether a worker offers `name`: one round trip less per run created when the name was seen recently."""
+    seen = _seen.setdefault(state.redis, {})
+    now = time.monotonic()
+    if seen.get(name, 0.0) > now:
+        return True
+    if not await state.redis.hexists(AGENTS_KEY, name):
+        return False
+    seen[name] = now + AGENT_SEEN_S
+    return True
+
+
 async def check_agent(state: GatewayState, agent: str) -> None:
-    if not await state.redis.hexists(AGENTS_KEY, agent):
+    if not await agent_exists(state, agent):
         known = sorted(await state.redis.hkeys(AGENTS_KEY))
         raise HTTPException(404, f"unknown agent {agent!r}; known agents: {', '.join(known) or 'none'}")
 
@@ -114,9 +135,10 @@ async def start_run(
 
 
 async def enqueue(state: GatewayState, run_id: str) -> None:
-    """Queue the run's job. Safe to repeat: arq ignores a job id it already holds, and a worker only ever starts a
-    run that is still `queued`."""
-    await state.queue.enqueue_job("run_agent", run_id, _job_id=run_id, _queue_name=state.settings.queue_name)
+    """Queue the run's job and ring the doorbell a waiting worker starts it from at once (not at its next poll), in
+    one round trip. Safe to repeat: arq ignores a job id it already holds, and a worker only ever starts a run that
+    is still `queued`."""
+    await enqueue_and_ring(state.queue, state.settings.queue_name, "run_agent", run_id, run_id)
 
 
 @router.post(

@@ -1,4 +1,4 @@
-"""A deterministic, offline model: streams scripted tokens with a fixed pause between them.
+"""A deterministic, offline model: streams scripted tokens at a fixed pace (`delay_ms` apart).
 
 It behaves by what the agent offers it, so it drives user agents too:
 - a `transfer_to_<agent>` tool and no handoff yet in the conversation: it says so and calls that tool;
@@ -42,6 +42,18 @@ def _pieces(text: str, size: int = 8) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)] or [""]
 
 
+async def _until(loop: asyncio.AbstractEventLoop, at: float) -> None:
+    """Sleep until loop time `at`; no pause at all when it has passed.
+
+    The model's pace is its own, like a real model's: tokens come `delay_ms` apart from the stream's start however
+    late the consumer reads them (a real stream buffers them in the socket), so a busy worker does not slow the
+    model down, it only falls behind it (which is what the benchmark's run length measures).
+    """
+    wait = at - loop.time()
+    if wait > 0:
+        await asyncio.sleep(wait)
+
+
 class ScriptedProvider:
     name = "scripted"
 
@@ -58,10 +70,12 @@ class ScriptedProvider:
         temperature: float | None = None,
     ) -> AsyncIterator[ModelDelta]:
         text, call = self._plan(messages, tools)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
         emitted = 0
         for token in split_tokens(text):
             if emitted and self.delay_s:
-                await asyncio.sleep(self.delay_s)
+                await _until(loop, start + emitted * self.delay_s)
             emitted += 1
             yield TextDelta(token)
         if call is not None:
@@ -69,7 +83,7 @@ class ScriptedProvider:
             call_id = f"call_{sum(m.role == 'assistant' for m in messages)}_{name}"
             for i, piece in enumerate(_pieces(json.dumps(arguments))):
                 if (emitted or i) and self.delay_s:
-                    await asyncio.sleep(self.delay_s)
+                    await _until(loop, start + emitted * self.delay_s)
                 emitted += 1
                 yield ToolCallDelta(0, call_id if i == 0 else None, name if i == 0 else None, piece)
         prompt = sum(len(split_tokens(m.content)) for m in messages)
