@@ -25,7 +25,15 @@ from redis.asyncio import Redis
 
 from bench.histogram import Histogram
 from bench.loadgen import load_main
-from bench.procs import command_delta, cpu_s, host_busy_s, redis_snapshot, rss_kib, start_gateway
+from bench.procs import (
+    command_delta,
+    host_busy_s,
+    read_usec_delta,
+    redis_snapshot,
+    start_gateway,
+    tree_cpu_s,
+    tree_rss_kib,
+)
 from bench.publisher import PhaseResult, Publisher
 from runcast.shared.redis_client import redis_from_url
 from runcast.shared.tokens import issue_token
@@ -42,7 +50,7 @@ class BenchError(RuntimeError):
 @dataclass(frozen=True)
 class CellSpec:
     mode: str  # "hub" | "naive"
-    kind: str  # "load" | "idle"
+    kind: str  # "load" (one run, many viewers) | "idle" | "runs" (many runs, one viewer each)
     viewers: int
     runs: int
     rate: float
@@ -54,6 +62,7 @@ class CellSpec:
     connect_concurrency: int
     phase_timeout: float
     backlog: int
+    workers: int = 1  # uvicorn worker processes of the gateway (`runcast gateway --workers N`)
 
     @property
     def feed(self) -> str:
@@ -152,7 +161,7 @@ class Probe:
         _, load_cpu = await fleet.progress({})
         return {
             "t": time.time(),
-            "gateway_cpu": cpu_s(self.gateway_pid),
+            "gateway_cpu": tree_cpu_s(self.gateway_pid),
             "host_busy": host_busy_s(),
             "self_cpu": time.process_time(),  # this coordinator: the publisher
             "redis": redis_snapshot(self.admin),
@@ -166,7 +175,14 @@ class Probe:
         commands = command_delta(rb, ra)
         ours = sum(after[k] - before[k] for k in ("gateway_cpu", "self_cpu")) + ra.cpu_s - rb.cpu_s
         ours += sum(after["load_cpu"]) - sum(before["load_cpu"])
+        read_calls, read_usec = read_usec_delta(rb, ra)
         return {
+            "gateway_cpu_s": round(after["gateway_cpu"] - before["gateway_cpu"], 3),
+            "redis_cpu_s": round(ra.cpu_s - rb.cpu_s, 3),
+            "redis_us_per_event": round(1e6 * (ra.cpu_s - rb.cpu_s) / max(events, 1), 1),
+            "read_calls": read_calls,
+            "read_calls_per_event": round(read_calls / max(events, 1), 3),
+            "read_us_per_call": round(read_usec / read_calls, 1) if read_calls else None,
             "wall_s": round(wall, 3),
             "gateway_cpu_pct": round(100 * (after["gateway_cpu"] - before["gateway_cpu"]) / wall, 1),
             "redis_cpu_pct": round(100 * (ra.cpu_s - rb.cpu_s) / wall, 1),
@@ -186,9 +202,9 @@ async def settle(pid: int, limit_s: float, idle_pct: float = 5.0) -> float:
     start = time.monotonic()
     await asyncio.sleep(0.5)
     while time.monotonic() - start < limit_s:
-        before = cpu_s(pid)
+        before = tree_cpu_s(pid)
         await asyncio.sleep(0.5)
-        if 100 * (cpu_s(pid) - before) / 0.5 < idle_pct:
+        if 100 * (tree_cpu_s(pid) - before) / 0.5 < idle_pct:
             break
     return round(time.monotonic() - start, 2)
 
@@ -263,12 +279,13 @@ async def warm_up(gateway: GatewayProcess, redis_url: str) -> None:
 async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
     cell: dict[str, Any] = {"mode": spec.mode, "feed": spec.feed, "kind": spec.kind, "viewers": spec.viewers}
     cell.update(runs=spec.runs, rate=spec.rate, duration_s=spec.duration, payload_bytes=spec.payload_bytes)
+    cell["workers"] = spec.workers
     gateway: GatewayProcess | None = None
     fleet: LoadFleet | None = None
     client = redis_from_url(redis_url, max_connections=max(8, spec.runs * 2))
     admin = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
-        gateway = await asyncio.to_thread(start_gateway, redis_url, spec.feed, spec.backlog)
+        gateway = await asyncio.to_thread(start_gateway, redis_url, spec.feed, spec.backlog, spec.workers)
         await asyncio.wait_for(warm_up(gateway, redis_url), spec.phase_timeout)
         limit = spec.phase_timeout
         publisher_cmds = await asyncio.wait_for(publisher_cost(client, admin), limit)
@@ -276,7 +293,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         publisher = Publisher(client, spec.runs, spec.payload_bytes)
         await asyncio.wait_for(publisher.create_runs(), limit)
         await asyncio.sleep(0.5)
-        rss_before = rss_kib(gateway.pid)
+        rss_before = tree_rss_kib(gateway.pid)
         log(f"  connecting {spec.viewers} viewers ({spec.feed} feed) ...")
         fleet = LoadFleet(spec, gateway.port, publisher.run_ids)
         fleet.start()
@@ -285,7 +302,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         cell["connect_s"] = round(time.monotonic() - connect_start, 2)
         cell["connected"], cell["connect_errors"] = connected, errors
         cell["settle_s"] = await settle(gateway.pid, limit_s=5 + spec.viewers / 1_000)
-        rss_after = rss_kib(gateway.pid)
+        rss_after = tree_rss_kib(gateway.pid)
         cell["rss_before_kib"], cell["rss_after_kib"] = rss_before, rss_after
         cell["rss_per_viewer_kib"] = round((rss_after - rss_before) / max(connected, 1), 2)
         cell["gateway_fds"] = len(_listdir(f"/proc/{gateway.pid}/fd"))
@@ -315,6 +332,8 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
             steady_phase = phase.name == "steady"
             figures = {**phase_figures(results, phase, nominal_s, steady_phase), **usage}
             figures["read_cmds_per_event"] = round(figures["redis_cmds_per_event"] - publisher_cmds, 2)
+            deliveries = max(figures["deliveries"], 1)
+            figures["gateway_us_per_delivery"] = round(1e6 * figures["gateway_cpu_s"] / deliveries, 1)
             figures["offered_deliveries_per_s"] = round(spec.rate * connected) if steady_phase else None
             cell[phase.name] = figures
         problems: dict[str, int] = {}

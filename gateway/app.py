@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from runcast.gateway.guards.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
 from runcast.gateway.guards.redact import install_token_redaction
@@ -25,12 +26,23 @@ from runcast.gateway.hub.feed import DirectFeed, EventFeed
 from runcast.gateway.routes import events, runs
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
+from runcast.gateway.wire.direct import SERVER_SEND
 from runcast.shared.redis_client import stream_redis
 from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streamlog import StreamLog
 
 STATIC_DIR = Path(__file__).parent / "static"
 FeedFactory = Callable[[StreamLog], EventFeed]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, plus the server's own `send` kept in each HTTP scope (`wire.direct.SERVER_SEND`): what lets the hub
+    write a live SSE viewer's frames to its connection itself (`runcast.gateway.wire.direct`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def feed_for(settings: Settings) -> FeedFactory:
@@ -72,7 +84,7 @@ def create_app(
             if own_redis:
                 await client.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="runcast gateway",
         summary="Durable, resumable streams of AI agent runs over SSE and WebSocket.",
         version="0.1.0",

@@ -8,25 +8,49 @@ from dataclasses import dataclass
 from itertools import chain
 from typing import Any, NamedTuple
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from runcast.shared.ids import START_ID, entry_key
-from runcast.shared.keys import events_key, meta_key
+from runcast.shared.keys import events_key, live_channel, meta_key
 from runcast.shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEvent, StreamingEventType
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
 
-# KEYS: events, meta.  ARGV: maxlen, now, retention_s, new_status ('' keeps it), then (type, json) pairs.
-# Returns the last entry id, or 0 when the run has already ended, or -1 when the run is unknown.
+# Announce what an append just added, on the run's live channel (`keys.live_channel`), as one message: a JSON array
+# [the id the new entries follow, id1, type1, event1, id2, type2, event2, ...]. A gateway that already has the
+# previous id takes the entries as they are; one that does not (it just subscribed, or reconnected, or missed a
+# message) reads the stream after what it has instead (XRANGE): the stream stays the log and the source of truth, the
+# message only saves the read. A separate step so any append script can end with it: `announce(channel, prev, ...)`.
+_ANNOUNCE_LUA = """
+local function announce(channel, prev, ids, argv, first)
+  if not prev or prev == '' then prev = '0-0' end
+  local message = {prev}
+  for k = 1, #ids do
+    local i = first + 2 * (k - 1)
+    message[#message + 1] = ids[k]
+    message[#message + 1] = argv[i]
+    message[#message + 1] = argv[i + 1]
+  end
+  redis.call('PUBLISH', channel, cjson.encode(message))
+end
+"""
+
+# KEYS: events, meta, live channel.  ARGV: maxlen, now, retention_s, new_status ('' keeps it), then (type, json)
+# pairs. Returns the last entry id, or 0 when the run has already ended, or -1 when the run is unknown.
 # Checking "already ended" and appending in one script is what makes a run end exactly once.
-_APPEND_LUA = """
-local status = redis.call('HGET', KEYS[2], 'status')
+_APPEND_LUA = (
+    _ANNOUNCE_LUA
+    + """
+local meta = redis.call('HMGET', KEYS[2], 'status', 'last_event_id')
+local status = meta[1]
 if not status then return -1 end
 if status == 'completed' or status == 'failed' or status == 'cancelled' then return 0 end
 local id
+local ids = {}
 for i = 5, #ARGV, 2 do
   id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'type', ARGV[i], 'event', ARGV[i + 1])
+  ids[#ids + 1] = id
 end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], 'status', ARGV[4], 'updated_at', ARGV[2], 'last_event_id', id)
@@ -35,8 +59,17 @@ else
 end
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
+announce(KEYS[3], meta[2], ids, ARGV, 5)
 return id
 """
+)
+
+
+def append_script(sharded: bool) -> str:
+    """The append script for a plain Redis (PUBLISH) or a Redis Cluster (SPUBLISH: the message stays on the shard
+    that owns the run's slot, where the gateways following the run subscribe with SSUBSCRIBE; Redis >= 7)."""
+    return _APPEND_LUA.replace("'PUBLISH'", "'SPUBLISH'") if sharded else _APPEND_LUA
+
 
 # KEYS: meta.  ARGV: retention_s, then field/value pairs. One atomic step on one key, so it works unchanged on a
 # Redis Cluster (redis-py's cluster client has no MULTI) and a crash can never leave a meta hash without its TTL.
@@ -101,7 +134,8 @@ class StreamLog:
         self.redis = redis
         self.maxlen = maxlen
         self.retention_s = retention_s
-        self._append = redis.register_script(_APPEND_LUA)
+        self.sharded = isinstance(redis, RedisCluster)
+        self._append = redis.register_script(append_script(self.sharded))
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(
@@ -132,7 +166,7 @@ class StreamLog:
             status = status_after(event) or status
             args += [event.type.value, event.to_json()]
         args[3] = status
-        result = await self._append(keys=[events_key(run_id), meta_key(run_id)], args=args)
+        result = await self._append(keys=[events_key(run_id), meta_key(run_id), live_channel(run_id)], args=args)
         if result == 0:
             raise RunEnded(run_id)
         if result == -1:

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSo
 from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
 from runcast.gateway.routes.runs import _ERRORS, load_meta
 from runcast.gateway.state import GatewayState, get_state
+from runcast.gateway.wire.direct import DirectSink
 from runcast.gateway.wire.frames import sse_batch, sse_reset_frame, ws_message, ws_reset_message
 from runcast.gateway.wire.sse_response import SSEResponse, open_streams
 from runcast.shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
@@ -34,9 +35,12 @@ def start_point(meta: dict[str, str], requested: str | None) -> str:
     return requested
 
 
-async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIterator[bytes]:
-    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes)."""
-    async with aclosing(state.feed.subscribe(run_id, after_id)) as batches:
+async def sse_stream(
+    state: GatewayState, run_id: str, after_id: str, sink: DirectSink | None = None
+) -> AsyncIterator[bytes]:
+    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes). With a
+    `sink`, the hub writes live batches to the connection itself; this yields what the response must send."""
+    async with aclosing(state.feed.subscribe(run_id, after_id, sink=sink)) as batches:
         async for batch in batches:
             yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
 
@@ -54,8 +58,12 @@ async def run_events(
 ) -> SSEResponse:
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
+    sink = DirectSink(sse_batch)  # the wire format; another format (another route) brings its own encode
     return SSEResponse(
-        sse_stream(state, run_id, after_id), ping_s=state.settings.sse_ping_s, streams=open_streams(request.app)
+        sse_stream(state, run_id, after_id, sink),
+        ping_s=state.settings.sse_ping_s,
+        streams=open_streams(request.app),
+        sink=sink,
     )
 
 

@@ -16,7 +16,12 @@ from runcast.shared.streamlog import Entry, Reset
 
 @lru_cache(maxsize=8192)
 def sse_frame(entry: Entry) -> bytes:
-    return ServerSentEvent(data=entry.event, event=entry.type, id=entry.id, sep="\n").encode()
+    """`id:`, `event:`, `data:` lines. Event JSON is one line (JSON escapes line breaks), so the frame is one format
+    away; anything with a line break goes through sse-starlette's encoder (one `data:` line per line; the same bytes
+    otherwise)."""
+    if "\n" in entry.event or "\r" in entry.event or "\n" in entry.type or "\r" in entry.type:
+        return ServerSentEvent(data=entry.event, event=entry.type, id=entry.id, sep="\n").encode()
+    return f"id: {entry.id}\nevent: {entry.type}\ndata: {entry.event}\n\n".encode()
 
 
 def sse_reset_frame(reset: Reset) -> bytes:

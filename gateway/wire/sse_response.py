@@ -10,7 +10,9 @@ every send is one plain `http.response.body` message, and the constant frames ar
 this class: ~29 KiB per idle viewer (5,000 idle viewers, hub).
 
 Frames are encoded elsewhere (`runcast.gateway.wire.frames`, with sse-starlette's `ServerSentEvent`); this module only
-moves bytes.
+moves bytes. With a `sink` (`runcast.gateway.wire.direct.DirectSink`), the hub writes the live frames to the connection
+itself once the viewer is level with its run; the `frames` iterator then only yields what this response must send
+itself (backlog, catch-up), and the heartbeat keeps counting from whichever wrote last.
 
 Ending a stream from outside (the viewer went away, the server shuts down) cancels the handler's task with a marker
 and takes the cancellation back (`Task.uncancel`, as `asyncio.timeout` does): wherever the task waits (usually inside
@@ -34,6 +36,8 @@ from sse_starlette.sse import AppStatus
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+from runcast.gateway.wire.direct import DirectSink
 
 PING_FRAME = b": ping\n\n"
 """The heartbeat (SPEC §6): an SSE comment, ignored by every client."""
@@ -136,10 +140,12 @@ class SSEResponse(Response):
         streams: OpenStreams | None = None,
         retry_ms: int | None = RETRY_MS,
         headers: Mapping[str, str] | None = None,
+        sink: DirectSink | None = None,
     ) -> None:
         if ping_s <= 0:
             raise ValueError("ping_s must be positive")
         self.frames = frames
+        self.sink = sink
         self.ping_s = ping_s
         self.streams = streams
         self.status_code = 200
@@ -151,6 +157,14 @@ class SSEResponse(Response):
         self._ended = False  # `end()` was called: the interruption is ours, not someone else's cancellation
         self._sending = False  # the handler is inside send(): the heartbeat is not needed now
         self._last_send = 0.0
+
+    def before_direct_write(self) -> bytes:
+        """What must precede the bytes the hub writes now: the `retry:` line, if no frame has gone yet."""
+        return self._first
+
+    def after_direct_write(self) -> None:
+        self._first = b""
+        self._last_send = asyncio.get_running_loop().time()
 
     def end(self) -> None:
         """Stop streaming now (from another task or a callback): the handler closes `frames` and ends the body."""
@@ -169,6 +183,8 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             self._last_send = loop.time()
+            if self.sink is not None:
+                self.sink.bind(scope, self)
             if self.streams is not None:
                 if self.streams.closing:
                     self._ended = True
@@ -192,6 +208,8 @@ class SSEResponse(Response):
                     self._task = None
                     self._sending = False
         finally:
+            if self.sink is not None:
+                self.sink.unbind()
             if self.streams is not None:
                 self.streams.discard(self)
             if helper is not None:
