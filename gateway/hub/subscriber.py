@@ -29,8 +29,10 @@ class Sink(Protocol):
     """Where the hub writes a live viewer's entries itself (`runcast.gateway.wire.direct.DirectSink` for SSE).
 
     `encode` is the viewer's format: subscribers with the same `encode` get the same bytes, encoded once per pass.
-    `write` must not block: True when the bytes were taken; False when the connection cannot take more now
-    (backed up: the hub detaches the subscriber to catch-up) or is gone (`closed`: the subscriber ends)."""
+    `ready`: the hub may start writing to it now (bound to a connection that is open and not backed up; while it is
+    not, the viewer's own task sends, and waits for the connection to drain). `write` must not block: True when
+    the bytes were taken; False when the connection cannot take more now (backed up: the hub detaches the
+    subscriber to catch-up) or is gone (`closed`: the subscriber ends)."""
 
     encode: Encode
 

@@ -38,6 +38,8 @@ MAX_BUFFERED = 64 * 1024
 class BodyWriter(Protocol):
     def closed(self) -> bool: ...
 
+    def backed_up(self) -> bool: ...
+
     def write(self, data: bytes) -> bool:
         """Write `data` as body bytes now; False (nothing written) when the transport is backed up or closed."""
         ...
@@ -56,6 +58,9 @@ class _HttptoolsBody:
 
     def closed(self) -> bool:
         return bool(self.cycle.disconnected or self.cycle.response_complete or self.transport.is_closing())
+
+    def backed_up(self) -> bool:
+        return bool(self.flow.write_paused or self.transport.get_write_buffer_size() > self.max_buffered)
 
     def write(self, data: bytes) -> bool:
         cycle, transport = self.cycle, self.transport
@@ -84,8 +89,11 @@ class _H11Body:
     def closed(self) -> bool:
         return bool(self.cycle.disconnected or self.cycle.response_complete or self.transport.is_closing())
 
+    def backed_up(self) -> bool:
+        return bool(self.flow.write_paused or self.transport.get_write_buffer_size() > self.max_buffered)
+
     def write(self, data: bytes) -> bool:
-        if self.closed() or self.flow.write_paused or self.transport.get_write_buffer_size() > self.max_buffered:
+        if self.closed() or self.backed_up():
             return False
         self.transport.write(self.cycle.conn.send(self.Data(data=data)))
         return True
@@ -143,7 +151,9 @@ class DirectSink:
 
     @property
     def ready(self) -> bool:
-        return self._writer is not None and not self._writer.closed()
+        """Bound, open and not backed up: the hub may start writing (until a write is refused)."""
+        writer = self._writer
+        return writer is not None and not writer.closed() and not writer.backed_up()
 
     @property
     def closed(self) -> bool:
