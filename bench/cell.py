@@ -40,7 +40,8 @@ from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess
 
 HOST = "127.0.0.1"
-FEEDS = {"hub": "hub", "naive": "direct"}
+FEEDS = {"hub": "hub", "naive": "direct", "base": "hub"}
+"""`base`: the hub read path of another build of the gateway (`--baseline`), for before/after in one run."""
 
 
 class BenchError(RuntimeError):
@@ -49,7 +50,7 @@ class BenchError(RuntimeError):
 
 @dataclass(frozen=True)
 class CellSpec:
-    mode: str  # "hub" | "naive"
+    mode: str  # "hub" | "naive" | "base"
     kind: str  # "load" (one run, many viewers) | "idle" | "runs" (many runs, one viewer each)
     viewers: int
     runs: int
@@ -63,6 +64,7 @@ class CellSpec:
     phase_timeout: float
     backlog: int
     workers: int = 1  # uvicorn worker processes of the gateway (`runcast gateway --workers N`)
+    gateway_path: str | None = None  # PYTHONPATH of the gateway process (a baseline build), else this checkout
 
     @property
     def feed(self) -> str:
@@ -285,7 +287,9 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
     client = redis_from_url(redis_url, max_connections=max(8, spec.runs * 2))
     admin = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
-        gateway = await asyncio.to_thread(start_gateway, redis_url, spec.feed, spec.backlog, spec.workers)
+        gateway = await asyncio.to_thread(
+            start_gateway, redis_url, spec.feed, spec.backlog, spec.workers, spec.gateway_path
+        )
         await asyncio.wait_for(warm_up(gateway, redis_url), spec.phase_timeout)
         limit = spec.phase_timeout
         publisher_cmds = await asyncio.wait_for(publisher_cost(client, admin), limit)

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     add("--runs-sweep", type=_counts, default=[10, 100, 1_000], help="cells of R runs x 1 viewer, --sweep-rate in all")
     add("--sweep-rate", type=float, default=1_000.0, help="events per second over all runs of a --runs-sweep cell")
     add("--workers", type=_ints, default=[1], help="gateway processes (`runcast gateway --workers N`), e.g. 1,2")
+    add(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="also run every hub cell against the runcast build installed in DIR (pip install --target DIR <checkout>)"
+        " as mode `base`: before/after side by side",
+    )
     add("--rate", type=float, default=10.0, help="steady phase: events per second per run")
     add("--duration", type=float, default=5.0, help="steady phase: seconds of publishing")
     add("--burst-deliveries", type=int, default=200_000, help="burst size: about this many deliveries (0 skips)")
@@ -83,6 +90,13 @@ def burst_per_run(args: argparse.Namespace, viewers: int) -> int:
     return max(10, min(2_000, args.burst_deliveries // viewers))
 
 
+def modes(args: argparse.Namespace) -> list[str]:
+    chosen = list(MODES[args.mode])
+    if args.baseline and "hub" in chosen:
+        chosen.insert(chosen.index("hub") + 1, "base")
+    return chosen
+
+
 def plan(args: argparse.Namespace) -> list[CellSpec]:
     common = {
         "payload_bytes": args.payload_bytes,
@@ -92,24 +106,28 @@ def plan(args: argparse.Namespace) -> list[CellSpec]:
         "phase_timeout": args.phase_timeout,
         "backlog": args.backlog,
     }
+
+    def spec(mode: str, *fields: Any, workers: int = 1) -> CellSpec:
+        path = args.baseline if mode == "base" else None
+        return CellSpec(mode, *fields, **common, workers=workers, gateway_path=path)
+
     cells = []
     for viewers in args.viewers:
         for workers in args.workers:
-            for mode in MODES[args.mode]:  # modes alternate per N, so both see the same machine load
+            for mode in modes(args):  # modes alternate per N, so each sees the same machine load
                 runs = min(args.runs, viewers)
                 burst = burst_per_run(args, viewers)
-                spec = CellSpec(mode, "load", viewers, runs, args.rate, args.duration, burst, **common, workers=workers)
-                cells.append(spec)
+                cells.append(spec(mode, "load", viewers, runs, args.rate, args.duration, burst, workers=workers))
     many = [(runs, args.many_rate) for runs in args.many_runs]
     many += [(runs, args.sweep_rate / runs) for runs in args.runs_sweep]
     for runs, rate in many:  # R runs x 1 viewer: what the hub costs per followed run
         for workers in args.workers:
-            for mode in MODES[args.mode]:
-                cells.append(CellSpec(mode, "runs", runs, runs, rate, args.duration, 0, **common, workers=workers))
+            for mode in modes(args):
+                cells.append(spec(mode, "runs", runs, runs, rate, args.duration, 0, workers=workers))
     if args.idle_viewers > 0:
-        for mode in MODES[args.mode]:
+        for mode in modes(args):
             runs = min(args.runs, args.idle_viewers)
-            cells.append(CellSpec(mode, "idle", args.idle_viewers, runs, args.idle_rate, args.duration, 0, **common))
+            cells.append(spec(mode, "idle", args.idle_viewers, runs, args.idle_rate, args.duration, 0))
     return cells
 
 

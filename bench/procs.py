@@ -21,10 +21,15 @@ def start_redis(maxclients: int) -> RedisServer:
     return RedisServer(extra=["--maxclients", str(maxclients)]).start()
 
 
-def start_gateway(redis_url: str, feed: str, backlog: int, workers: int = 1) -> GatewayProcess:
-    """`python -m runcast.cli gateway --workers N` (uvicorn) with RUNCAST_FEED=`feed`."""
+def start_gateway(
+    redis_url: str, feed: str, backlog: int, workers: int = 1, pythonpath: str | None = None
+) -> GatewayProcess:
+    """`python -m runcast.cli gateway --workers N` (uvicorn) with RUNCAST_FEED=`feed`; `pythonpath` first on the
+    gateway's path runs another build of runcast (a baseline installed with `pip install --target`)."""
+    extra = {"PYTHONPATH": pythonpath} if pythonpath else {}
     gateway = GatewayProcess(
         redis_url,
+        **extra,
         RUNCAST_FEED=feed,
         RUNCAST_STREAM_MAXLEN="100000000",
         RUNCAST_MAX_VIEWERS_PER_RUN="1000000",  # measure fan-out, not the admission limits

@@ -177,6 +177,42 @@ def ratio_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+BASELINE_HEADERS = ["cell", "viewers", "runs", "procs", "p50 ms base → hub", "p99 ms base → hub"]
+BASELINE_HEADERS += ["gw us/dlv base → hub", "redis us/ev base → hub", "reads/ev base → hub", "burst dlv/s base → hub"]
+
+
+def baseline_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
+    """Each hub cell next to the same cell on the baseline build (`--baseline`): before → after."""
+    by_key = {(*_key(c), c["mode"]): c for c in cells}
+    rows = []
+    for (kind, viewers, workers, mode), hub in by_key.items():
+        base = by_key.get((kind, viewers, workers, "base"))
+        if mode != "hub" or base is None or "steady" not in hub or "steady" not in base:
+            continue
+        hs, bs = hub["steady"], base["steady"]
+
+        def pair(key: str, digits: int = 1, h: dict[str, Any] = hs, b: dict[str, Any] = bs) -> str:
+            return f"{_fmt(b.get(key), digits)} → {_fmt(h.get(key), digits)}"
+
+        hb, bb = hub.get("burst"), base.get("burst")
+        burst = f"{_fmt(bb['deliveries_per_s'])} → {_fmt(hb['deliveries_per_s'])}" if hb and bb else "-"
+        rows.append(
+            [
+                kind,
+                _fmt(viewers),
+                _fmt(hub["runs"]),
+                _fmt(workers),
+                pair("p50_ms", 2),
+                pair("p99_ms", 2),
+                pair("gateway_us_per_delivery"),
+                pair("redis_us_per_event"),
+                pair("read_calls_per_event", 3),
+                burst,
+            ]
+        )
+    return rows
+
+
 def _ratio(numerator: float | None, denominator: float | None) -> str:
     if not numerator or not denominator:
         return "-"
@@ -250,6 +286,9 @@ def render(result: dict[str, Any]) -> str:
                 ratios,
             ),
         ]
+    before_after = baseline_rows(cells)
+    if before_after:
+        parts += ["", "baseline build (--baseline) vs this one, same cells", table(BASELINE_HEADERS, before_after)]
     notes = warnings(cells)
     if notes:
         parts += ["", "WARNINGS:", *(f"  - {note}" for note in notes)]

@@ -20,7 +20,8 @@ from runcast.shared.streamlog import Entry
 
 
 class RunFeed:
-    """`history` holds, in order, every entry with `floor < id <= cursor`, at most `history_size` of them.
+    """`history` holds, in order, every entry with `floor < id <= cursor`: the last `history_size` (plus at most an
+    eighth more, so the list is trimmed in steps rather than per event).
 
     A subscriber resuming at or after `floor` gets its backlog from memory, so viewers who join a followed run (or fall
     a little behind) cost no Redis read; older resume points go to Redis by XRANGE.
@@ -32,6 +33,7 @@ class RunFeed:
         self.channel = live_channel(run_id)
         self.group = group
         self.history_size = history_size
+        self._trim_slack = min(256, history_size // 8)  # at most this many entries beyond history_size
         self.cursor = START_ID  # the last entry published to subscribers
         self.cursor_key = (0, 0)
         self.floor = START_ID
@@ -158,7 +160,7 @@ class RunFeed:
         self.history.extend(entries)
         self._history_keys.extend(keys)
         excess = len(self.history) - self.history_size
-        if excess > 0:
+        if excess > self._trim_slack:  # trimmed in steps, not per event: each trim moves the whole list
             self.floor = self.history[excess - 1].id
             del self.history[:excess]
             del self._history_keys[:excess]
