@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import redis
 
@@ -36,6 +37,8 @@ def start_gateway(
         RUNCAST_MAX_VIEWERS="1000000",
     )
     gateway.args += ["--backlog", str(backlog), "--workers", str(workers)]
+    if pythonpath:  # not from this checkout's directory: `python -m` puts the working directory first on the path
+        gateway.cwd = Path(pythonpath)
     gateway.start(timeout=30)
     deadline = time.monotonic() + 30
     while workers > 1 and len(process_tree(gateway.pid)) < workers + 1:  # uvicorn's supervisor + its workers

@@ -3,6 +3,7 @@ the demo."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -56,6 +57,20 @@ def feed_for(settings: Settings) -> FeedFactory:
     return hub
 
 
+def tune_gc(gen0: int) -> None:
+    """Fewer garbage collections for a process whose heap is mostly long-lived: the hub keeps each followed run's
+    last `hub_history_size` entries, hundreds of thousands of small tracked objects that every older-generation
+    collection walks. Profiled at 200 runs x 1 viewer x 50 events/s, the collector took ~15 % of the gateway's CPU
+    with Python's defaults (a young collection every 700 allocations, and a full walk every few hundred of those).
+    `gc.freeze()` takes what start-up allocated out of every collection; a larger young threshold makes all of them
+    rarer (the older thresholds count young collections, so they scale with it). Reference cycles are still found;
+    only later."""
+    gc.freeze()
+    if gen0 > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0, gen1, gen2)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -74,6 +89,7 @@ def create_app(
         feed = (feed_factory or feed_for(conf))(stream_log)
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
         sweeper = LostRunSweeper(stream_log, interval_s=conf.sweep_every_s).start()
+        tune_gc(conf.gc_gen0)
         try:
             yield
         finally:

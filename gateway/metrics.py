@@ -24,7 +24,6 @@ STREAM_READS = Counter(
     "Redis stream reads issued by the hub, by command (xrevrange: joins; xrange: gap fills and catch-ups)",
     ["command"],
 )
-ANNOUNCEMENTS = Counter("runcast_hub_announcements", "Live announcements of new entries received by the hub's readers")
 GAP_FILLS = Counter("runcast_hub_gap_fills", "Times a followed run was read from the log to fill a gap (resubscribe)")
 CATCHUPS = Counter("runcast_hub_catchups", "Times a subscriber fell behind, was detached and caught up from the log")
 READER_ERRORS = Counter("runcast_hub_reader_errors", "Redis errors seen by hub readers (each: back off, reconnect)")
@@ -79,6 +78,7 @@ DIRECT_DELIVERIES = FastCounter(
     "runcast_hub_direct_deliveries",
     "Events the hub wrote to a viewer's connection itself (a subset of runcast_hub_events_delivered)",
 )
+ANNOUNCEMENTS = FastCounter("runcast_hub_announcements", "Live announcements of new entries received by hub readers")
 DELIVERY_LAG = WeightedHistogram(
     "runcast_hub_delivery_lag_seconds",
     "Publish-to-delivery lag: the entry id's millisecond timestamp to the moment the hub hands the event over",
@@ -103,3 +103,12 @@ def delivered(entries: Iterable[Entry], *, observe_lag: bool, times: int = 1, di
     EVENTS_DELIVERED.inc(count * times)
     if direct:
         DIRECT_DELIVERIES.inc(count * times)
+
+
+def delivered_directly(keys: list[tuple[int, int]], times: int) -> None:
+    """`delivered` for the run's pass: the same entries (their id keys: ms first) to `times` direct subscribers."""
+    now_ms = time.time() * 1000
+    for ms, _ in keys:
+        DELIVERY_LAG.observe(max(0.0, now_ms - ms) / 1000, times)
+    EVENTS_DELIVERED.value += len(keys) * times
+    DIRECT_DELIVERIES.value += len(keys) * times

@@ -17,22 +17,22 @@ from runcast.shared.streaming import TERMINAL_TYPES, StreamingError, StreamingEv
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 RUN_STATUSES = ("queued", "running", *sorted(TERMINAL_STATUSES))
 
-# Announce what an append just added, on the run's live channel (`keys.live_channel`), as one message: a JSON array
-# [the id the new entries follow, id1, type1, event1, id2, type2, event2, ...]. A gateway that already has the
-# previous id takes the entries as they are; one that does not (it just subscribed, or reconnected, or missed a
-# message) reads the stream after what it has instead (XRANGE): the stream stays the log and the source of truth, the
-# message only saves the read. A separate step so any append script can end with it: `announce(channel, prev, ...)`.
+# Announce what an append just added, on the run's live channel (`keys.live_channel`), as one message:
+#   <the id the new entries follow>\n   then for each new entry:   <id> <type> <event byte length>\n<event JSON>
+# A gateway that already has the previous id takes the entries as they are; one that does not (it just subscribed, or
+# reconnected, or missed a message) reads the stream after what it has instead (XRANGE): the stream stays the log and
+# the source of truth, the message only saves the read. A separate step so any append script can end with it:
+# `announce(channel, prev, ids, argv, first)` (types and events taken from argv[first], argv[first + 1], ...).
 _ANNOUNCE_LUA = """
 local function announce(channel, prev, ids, argv, first)
   if not prev or prev == '' then prev = '0-0' end
-  local message = {prev}
+  local parts = {prev, '\\n'}
   for k = 1, #ids do
     local i = first + 2 * (k - 1)
-    message[#message + 1] = ids[k]
-    message[#message + 1] = argv[i]
-    message[#message + 1] = argv[i + 1]
+    parts[#parts + 1] = ids[k] .. ' ' .. argv[i] .. ' ' .. #argv[i + 1] .. '\\n'
+    parts[#parts + 1] = argv[i + 1]
   end
-  redis.call('PUBLISH', channel, cjson.encode(message))
+  redis.call('PUBLISH', channel, table.concat(parts))
 end
 """
 

@@ -45,13 +45,15 @@ class RunFeed:
         self.join_error: BaseException | None = None
         self.ended = False
         self.expired = False
-        self.last_activity = asyncio.get_running_loop().time()
+        self._loop = asyncio.get_running_loop()  # kept: get_running_loop() costs a getpid() syscall per call
+        self.last_activity = self._loop.time()
         # -- sequencing announcements (see the module docstring)
         self.started = False  # the join's tail is in: announcements can be checked against `head`
         self.early: list[tuple[str, list[Entry]]] = []  # announcements that came before the tail
         self.head = START_ID  # the last entry accepted (published, or waiting in `incoming`)
         self.head_key = (0, 0)
         self.incoming: list[Entry] = []
+        self._incoming_keys: list[tuple[int, int]] = []
         # -- the live subscription and gap fills (driven by the hub)
         self.subscribed = asyncio.Event()  # its channel is subscribed on its reader's current connection
         self.ever_subscribed = False
@@ -83,23 +85,27 @@ class RunFeed:
         if not self.started:
             self.early.append((prev, entries))
             return True
+        keys = [entry_key(entry.id) for entry in entries]
         if prev != self.head:
             if entry_key(prev) > self.head_key:
-                self.missing_to = max(self.missing_to, entry_key(entries[-1].id))
+                self.missing_to = max(self.missing_to, keys[-1])
                 return False
             head = self.head_key  # an overlap (a fill read some of these already): keep what is new
-            entries = [entry for entry in entries if entry_key(entry.id) > head]
-            if not entries:
+            kept = [(key, entry) for key, entry in zip(keys, entries, strict=True) if key > head]
+            if not kept:
                 return True
+            keys, entries = [key for key, _ in kept], [entry for _, entry in kept]
         self.incoming.extend(entries)
-        self.head = entries[-1].id
-        self.head_key = entry_key(self.head)
+        self._incoming_keys.extend(keys)
+        self.head, self.head_key = entries[-1].id, keys[-1]
         return True
 
     def flush(self) -> list[Entry]:
         """Publish what was accepted since the last flush; returns it."""
-        entries, self.incoming = self.incoming, []
-        return self.publish(entries) if entries else entries
+        if not self.incoming:
+            return []
+        entries, keys, self.incoming, self._incoming_keys = self.incoming, self._incoming_keys, [], []
+        return self.publish(entries, keys)
 
     def covers(self, after_id: str) -> bool:
         """True when memory holds every entry after `after_id` that the hub has published."""
@@ -112,14 +118,15 @@ class RunFeed:
         """Nothing will ever come after `last_id`: the run ended there (or its keys expired)."""
         return self.expired or (self.ended and entry_key(last_id) >= self.cursor_key)
 
-    def publish(self, entries: list[Entry]) -> list[Entry]:
+    def publish(self, entries: list[Entry], keys: list[tuple[int, int]] | None = None) -> list[Entry]:
         """Take new entries: advance the cursor, keep the tail, and hand them to every subscriber in one pass.
 
         Never waits. Direct subscribers get the bytes written to their connection here, encoded once per format;
         the others get them in their inbox. Returns the entries that were new (ids at or below the cursor are
         ignored)."""
         cursor = self.cursor_key
-        keys = [entry_key(entry.id) for entry in entries]
+        if keys is None:
+            keys = [entry_key(entry.id) for entry in entries]
         if keys and keys[0] <= cursor:
             fresh = [(key, entry) for key, entry in zip(keys, entries, strict=True) if key > cursor]
             keys, entries = [key for key, _ in fresh], [entry for _, entry in fresh]
@@ -128,7 +135,7 @@ class RunFeed:
         self.cursor, self.cursor_key = entries[-1].id, keys[-1]
         if self.cursor_key > self.head_key:  # published straight (not through `announce`)
             self.head, self.head_key = self.cursor, self.cursor_key
-        self.last_activity = asyncio.get_running_loop().time()
+        self.last_activity = self._loop.time()
         self.ended = entries[-1].is_terminal
         self._remember(keys, entries)
         self._pass(entries, keys)
@@ -143,7 +150,7 @@ class RunFeed:
                 data = encoded.get(encode)
                 if data is None:
                     data = encoded[encode] = encode(entries)
-                taken = subscriber.write_direct(entries, keys, data)
+                taken = subscriber.write_direct(entries, keys, data, self.ended)
                 if taken == len(entries):
                     whole += 1
                 elif taken:
@@ -151,7 +158,7 @@ class RunFeed:
             elif subscriber.attached:
                 subscriber.offer(entries)
         if whole:
-            metrics.delivered(entries, observe_lag=True, times=whole, direct=True)
+            metrics.delivered_directly(keys, whole)
 
     def _remember(self, keys: list[tuple[int, int]], entries: list[Entry]) -> None:
         if self.history_size <= 0:

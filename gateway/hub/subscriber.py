@@ -111,9 +111,12 @@ class Subscriber:
             self.lagging = True
         self.wake()
 
-    def write_direct(self, entries: list[Entry], keys: list[tuple[int, int]], data: bytes | None) -> int:
+    def write_direct(
+        self, entries: list[Entry], keys: list[tuple[int, int]], data: bytes | None, terminal: bool
+    ) -> int:
         """Called by the run's pass for a direct subscriber: write `entries` (encoded as `data` for every direct
-        subscriber of this format, or None to encode here) to the sink. Returns how many entries were delivered."""
+        subscriber of this format, or None to encode here; `terminal`: the last one ends the run) to the sink.
+        Returns how many entries were delivered."""
         sink = self.sink
         assert sink is not None
         if keys[0] <= self.last_key:  # it delivered some of these already (its backlog ran ahead of the reader)
@@ -128,10 +131,9 @@ class Subscriber:
                 self.closed = True
             self.detach(lagging=not self.closed)
             return 0
-        last = entries[-1]
-        self.last_id = last.id
+        self.last_id = entries[-1].id
         self.last_key = keys[-1]
-        if last.is_terminal:  # nothing can follow: let its task finish the stream
+        if terminal:  # nothing can follow: let its task finish the stream
             self.direct = False
             self.wake()
         return len(entries)

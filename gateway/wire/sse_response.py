@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -157,6 +158,7 @@ class SSEResponse(Response):
         self._ended = False  # `end()` was called: the interruption is ours, not someone else's cancellation
         self._sending = False  # the handler is inside send(): the heartbeat is not needed now
         self._last_send = 0.0
+        self._loop_time: Callable[[], float] = time.monotonic  # the loop's clock once streaming
 
     def before_direct_write(self) -> bytes:
         """What must precede the bytes the hub writes now: the `retry:` line, if no frame has gone yet."""
@@ -164,7 +166,7 @@ class SSEResponse(Response):
 
     def after_direct_write(self) -> None:
         self._first = b""
-        self._last_send = asyncio.get_running_loop().time()
+        self._last_send = self._loop_time()
 
     def end(self) -> None:
         """Stop streaming now (from another task or a callback): the handler closes `frames` and ends the body."""
@@ -176,6 +178,7 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
+        self._loop_time = loop.time  # for direct writes (get_running_loop() costs a getpid() syscall per call)
         task = asyncio.current_task()
         assert task is not None
         frames = self.frames
