@@ -27,7 +27,9 @@ from bench.histogram import Histogram
 from bench.loadgen import load_main
 from bench.procs import (
     command_delta,
+    follow_usec_delta,
     host_busy_s,
+    process_tree,
     read_usec_delta,
     redis_snapshot,
     start_gateway,
@@ -185,6 +187,7 @@ class Probe:
             "read_calls": read_calls,
             "read_calls_per_event": round(read_calls / max(events, 1), 3),
             "read_us_per_call": round(read_usec / read_calls, 1) if read_calls else None,
+            "follow_us_per_event": round(follow_usec_delta(rb, ra) / max(events, 1), 2),
             "wall_s": round(wall, 3),
             "gateway_cpu_pct": round(100 * (after["gateway_cpu"] - before["gateway_cpu"]) / wall, 1),
             "redis_cpu_pct": round(100 * (ra.cpu_s - rb.cpu_s) / wall, 1),
@@ -309,7 +312,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         rss_after = tree_rss_kib(gateway.pid)
         cell["rss_before_kib"], cell["rss_after_kib"] = rss_before, rss_after
         cell["rss_per_viewer_kib"] = round((rss_after - rss_before) / max(connected, 1), 2)
-        cell["gateway_fds"] = len(_listdir(f"/proc/{gateway.pid}/fd"))
+        cell["gateway_fds"] = sum(len(_listdir(f"/proc/{pid}/fd")) for pid in process_tree(gateway.pid))
         log(f"  {connected}/{spec.viewers} connected in {cell['connect_s']} s; RSS {rss_before} -> {rss_after} KiB")
         if connected == 0:
             raise BenchError(f"no viewer connected: {errors}")

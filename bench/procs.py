@@ -137,6 +137,15 @@ def redis_snapshot(client: redis.Redis) -> RedisSnapshot:
     return RedisSnapshot(calls, usec, float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]))
 
 
+FOLLOW_COMMANDS = (*HUB_READ_COMMANDS, "publish", "spublish")
+"""What keeping gateways informed costs Redis: their stream reads, and the append script's announcement."""
+
+
+def follow_usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> int:
+    """Microseconds Redis spent executing stream reads and announcements (PUBLISH/SPUBLISH) between snapshots."""
+    return sum(after.usec.get(c, 0) - before.usec.get(c, 0) for c in FOLLOW_COMMANDS)
+
+
 def read_usec_delta(before: RedisSnapshot, after: RedisSnapshot) -> tuple[int, int]:
     """(calls, microseconds) Redis spent executing stream reads between two snapshots."""
     calls = sum(after.calls.get(c, 0) - before.calls.get(c, 0) for c in HUB_READ_COMMANDS)

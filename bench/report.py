@@ -8,7 +8,7 @@ LABELS = ["mode", "feed", "cell", "viewers", "runs", "procs"]
 STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
 STEADY_HEADERS += ["read/ev", "gw us/dlv", "CPU %", "others %", "drained"]
 RUNS_HEADERS = ["mode", "feed", "runs", "procs", "ev/s/run", "offered/s", "delivered/s", "p50 ms", "p99 ms"]
-RUNS_HEADERS += ["gw us/dlv", "redis us/ev", "reads/ev", "us/read", "CPU %", "others %", "complete"]
+RUNS_HEADERS += ["gw us/dlv", "redis us/ev", "follow us/ev", "reads/ev", "us/read", "CPU %", "others %", "complete"]
 RATIO_HEADERS = ["cell", "viewers", "procs", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
 RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive", "gw us/dlv naive÷hub"]
 RATIO_HEADERS += ["redis us/ev naive÷hub"]
@@ -31,6 +31,9 @@ definitions:
   redis us/ev   redis-server CPU over the phase / events published: the append itself plus every read any gateway
                 made; reads/ev = stream reads (XREAD, XRANGE, XREVRANGE) per event; us/read = Redis' own time per
                 read call (INFO commandstats usec / calls): what a read costs the server as runs followed grow.
+  follow us/ev  Redis' own time (commandstats usec) per event spent keeping gateways informed: stream reads plus
+                the append script's PUBLISH/SPUBLISH. Unlike redis us/ev it leaves out the append itself and the
+                server's fixed cost (cron, the harness's probes), which dominate at low event rates.
   runs cells    R runs x 1 viewer each, published together (one pipelined round of appends per tick).
   procs         gateway processes (`runcast gateway --workers N`).
   KiB/viewer    (gateway VmRSS after connecting N idle viewers - before) / N, fresh gateway per cell.
@@ -104,7 +107,7 @@ def runs_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
         complete = f"{cell.get('complete', 0):,}/{cell['viewers']:,}" + ("" if cell.get("ok") else " FAILED")
         labels = [cell["mode"], cell["feed"], _fmt(cell["runs"]), _fmt(cell.get("workers", 1)), _fmt(cell["rate"], 1)]
         if s is None:
-            rows.append([*labels, *(["-"] * 11), complete])
+            rows.append([*labels, *(["-"] * 12), complete])
             continue
         rows.append(
             [
@@ -115,6 +118,7 @@ def runs_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(s["p99_ms"], 2),
                 _fmt(s.get("gateway_us_per_delivery"), 1),
                 _fmt(s.get("redis_us_per_event"), 1),
+                _fmt(s.get("follow_us_per_event"), 2),
                 _fmt(s.get("read_calls_per_event"), 3),
                 _fmt(s.get("read_us_per_call"), 1),
                 _cpu(s),
@@ -178,7 +182,8 @@ def ratio_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
 
 
 BASELINE_HEADERS = ["cell", "viewers", "runs", "procs", "p50 ms base → hub", "p99 ms base → hub"]
-BASELINE_HEADERS += ["gw us/dlv base → hub", "redis us/ev base → hub", "reads/ev base → hub", "burst dlv/s base → hub"]
+BASELINE_HEADERS += ["gw us/dlv base → hub", "redis us/ev base → hub", "follow us/ev base → hub"]
+BASELINE_HEADERS += ["reads/ev base → hub", "burst dlv/s base → hub"]
 
 
 def baseline_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
@@ -206,6 +211,7 @@ def baseline_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 pair("p99_ms", 2),
                 pair("gateway_us_per_delivery"),
                 pair("redis_us_per_event"),
+                pair("follow_us_per_event", 2),
                 pair("read_calls_per_event", 3),
                 burst,
             ]

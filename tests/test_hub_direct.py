@@ -16,12 +16,14 @@ import httpx
 import pytest
 
 from runcast.gateway.hub.fanout import Hub
+from runcast.gateway.wire.sse_response import PING_FRAME
 from runcast.shared.ids import START_ID
 from runcast.shared.keys import events_key
 from runcast.shared.streamlog import Entry, Reset, StreamLog
 from tests.support.hub import eventually, hub_metric, new_run, parse_metrics, publish
 from tests.support.ports import free_port
 from tests.support.processes import Process, runcast_env
+from tests.support.stack import running_stack
 from tests.test_sse_response import RETRY_FIELD, RawStream, expected_frames
 
 ENCODED: list[int] = []
@@ -197,3 +199,24 @@ async def test_plain_uvicorn_streams_live_frames_written_by_the_hub_exactly_on_t
         assert sample[("runcast_hub_direct_deliveries_total", ())] == 3 * len(late)
     finally:
         server.stop()
+
+
+async def test_the_heartbeat_counts_from_the_hubs_writes_and_resumes_when_the_run_goes_quiet(real_redis_url: str):
+    async with running_stack(real_redis_url, worker=False, sse_ping_s=1.0) as stack:
+        log = StreamLog(stack.redis)
+        run_id = await new_run(log)
+        first = await publish(log, run_id, 1, end=False)
+        stream = await RawStream.open(stack.url, run_id)
+        try:
+            await stream.read_until(lambda s: len(s.chunks) >= 1)  # the backlog, with `retry:` in front
+            direct = hub_metric("runcast_hub_direct_deliveries_total")
+            live = await publish(log, run_id, 30, end=False, pause_s=0.05)  # 1.5 s of frames, 0.05 s apart
+            await stream.read_until(lambda s: len(s.chunks) >= 1 + len(live))
+            busy = list(stream.chunks)
+            await stream.read_until(lambda s: s.chunks[-2:] == [PING_FRAME, PING_FRAME], within_s=10)  # quiet now
+        finally:
+            stream.close()
+    assert hub_metric("runcast_hub_direct_deliveries_total") - direct == len(live)
+    assert busy[0].startswith(RETRY_FIELD) and PING_FRAME not in busy, "no ping while the hub writes every 0.05 s"
+    ids = [line[4:].decode() for chunk in busy for line in chunk.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == first + live

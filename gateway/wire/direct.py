@@ -22,7 +22,9 @@ socket buffer; from there the viewer's own task catches up from memory or the lo
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+import asyncio
+import time
+from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
 from runcast.gateway.hub.subscriber import Encode
@@ -118,36 +120,38 @@ def body_writer(server_send: object, max_buffered: int = MAX_BUFFERED) -> BodyWr
     return None
 
 
-class WriteListener(Protocol):
-    """The response a sink writes for: it adds what must precede the first bytes and keeps its heartbeat clock."""
-
-    def before_direct_write(self) -> bytes: ...
-
-    def after_direct_write(self) -> None: ...
-
-
 class DirectSink:
     """The hub's `Sink` (hub/subscriber.py) for one streaming response in format `encode` (e.g. `sse_batch`).
 
     Unbound until the response has started (`bind`); unbound, `ready` is False and the hub never writes to it.
     A new format plugs in by passing its own `encode` (entries -> bytes, per-entry results cached); viewers of a run
-    that share a format share the encoded bytes of each pass."""
+    that share a format share the encoded bytes of each pass. What the response shares with the hub's writes lives
+    here, as plain attributes (this is the per-viewer hot path): `prefix`, bytes owed before the first write (SSE's
+    `retry:` line; whoever writes first takes it), and `last_write`, the loop time of the last write (the response's
+    heartbeat counts from it)."""
 
-    __slots__ = ("_listener", "_writer", "encode")
+    __slots__ = ("_clock", "_writer", "encode", "last_write", "prefix")
 
     def __init__(self, encode: Encode) -> None:
         self.encode = encode
         self._writer: BodyWriter | None = None
-        self._listener: WriteListener | None = None
+        self._clock: Callable[[], float] = time.monotonic
+        self.prefix = b""
+        self.last_write = 0.0
 
-    def bind(self, scope: MutableMapping[str, Any], listener: WriteListener) -> bool:
+    def bind(self, scope: MutableMapping[str, Any], prefix: bytes = b"") -> bool:
         """Call once the response start has been sent through the server's `send`."""
         self._writer = body_writer(scope.get(SERVER_SEND))
-        self._listener = listener
+        self._clock = asyncio.get_running_loop().time  # kept: get_running_loop() costs a getpid() per call
+        self.prefix = prefix
         return self._writer is not None
 
     def unbind(self) -> None:
         self._writer = None
+
+    @property
+    def bound(self) -> bool:
+        return self._writer is not None
 
     @property
     def ready(self) -> bool:
@@ -160,11 +164,13 @@ class DirectSink:
         return self._writer is not None and self._writer.closed()
 
     def write(self, data: bytes) -> bool:
-        writer, listener = self._writer, self._listener
-        if writer is None or listener is None:
+        writer = self._writer
+        if writer is None:
             return False
-        prefix = listener.before_direct_write()
+        prefix = self.prefix
         if not writer.write(prefix + data if prefix else data):
             return False
-        listener.after_direct_write()
+        if prefix:
+            self.prefix = b""
+        self.last_write = self._clock()
         return True

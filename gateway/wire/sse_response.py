@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -158,15 +157,18 @@ class SSEResponse(Response):
         self._ended = False  # `end()` was called: the interruption is ours, not someone else's cancellation
         self._sending = False  # the handler is inside send(): the heartbeat is not needed now
         self._last_send = 0.0
-        self._loop_time: Callable[[], float] = time.monotonic  # the loop's clock once streaming
 
-    def before_direct_write(self) -> bytes:
-        """What must precede the bytes the hub writes now: the `retry:` line, if no frame has gone yet."""
-        return self._first
+    def _take_first(self) -> bytes:
+        """The `retry:` line if no frame has gone yet (by this response or by the hub through the sink), once."""
+        first, self._first = self._first, b""
+        if self.sink is not None and self.sink.bound:
+            first, self.sink.prefix = self.sink.prefix, b""
+        return first
 
-    def after_direct_write(self) -> None:
-        self._first = b""
-        self._last_send = self._loop_time()
+    def _last_write(self) -> float:
+        """When bytes last went out: sent by this response, or written by the hub through the sink."""
+        sink = self.sink
+        return max(self._last_send, sink.last_write) if sink is not None and sink.bound else self._last_send
 
     def end(self) -> None:
         """Stop streaming now (from another task or a callback): the handler closes `frames` and ends the body."""
@@ -178,7 +180,6 @@ class SSEResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        self._loop_time = loop.time  # for direct writes (get_running_loop() costs a getpid() syscall per call)
         task = asyncio.current_task()
         assert task is not None
         frames = self.frames
@@ -187,7 +188,7 @@ class SSEResponse(Response):
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             self._last_send = loop.time()
             if self.sink is not None:
-                self.sink.bind(scope, self)
+                self.sink.bind(scope, prefix=self._first)
             if self.streams is not None:
                 if self.streams.closing:
                     self._ended = True
@@ -197,8 +198,9 @@ class SSEResponse(Response):
                 self._task = task
                 try:
                     async for frame in frames:
-                        if self._first:
-                            frame, self._first = self._first + frame, b""
+                        first = self._take_first()
+                        if first:
+                            frame = first + frame
                         self._sending = True
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
                         self._sending = False
@@ -231,7 +233,7 @@ class SSEResponse(Response):
 
         A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send()."""
         while True:
-            due = self._last_send + self.ping_s
+            due = self._last_write() + self.ping_s
             if loop.time() >= due:
                 if not self._sending:
                     await send(_PING)
