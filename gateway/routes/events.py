@@ -14,7 +14,7 @@ from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
 from runcast.gateway.routes.runs import _ERRORS, load_meta
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.wire.direct import DirectSink
-from runcast.gateway.wire.frames import sse_batch, sse_reset_frame, ws_message, ws_reset_message
+from runcast.gateway.wire.frames import sse_batch, sse_live, sse_reset_frame, ws_message, ws_reset_message
 from runcast.gateway.wire.sse_response import SSEResponse, open_streams
 from runcast.shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
 from runcast.shared.streamlog import Reset
@@ -58,7 +58,7 @@ async def run_events(
 ) -> SSEResponse:
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
-    sink = DirectSink(sse_batch)  # the wire format; another format (another route) brings its own encode
+    sink = DirectSink(sse_live)  # the wire format (as sse_batch); another format brings its own encode
     return SSEResponse(
         sse_stream(state, run_id, after_id, sink),
         ping_s=state.settings.sse_ping_s,
