@@ -154,16 +154,54 @@ class LoadFleet:
             conn.close()
 
 
-class Probe:
-    """CPU of the gateway, Redis and load processes, and Redis command counts, between two instants."""
+LAG_BUCKET = "runcast_hub_delivery_lag_seconds_bucket"
 
-    def __init__(self, gateway_pid: int, admin: redis.Redis) -> None:
+
+async def hub_lag_buckets(http: httpx.AsyncClient | None, url: str) -> dict[float, float] | None:
+    """The gateway's own publish -> handover lag histogram (cumulative counts by upper bound), from its /metrics;
+    None for a read path without it (naive) or a gateway of several processes (each has its own registry)."""
+    if http is None:
+        return None
+    try:
+        text = (await http.get(f"{url}/metrics")).text
+    except httpx.HTTPError:
+        return None
+    buckets = {}
+    for line in text.splitlines():
+        if line.startswith(LAG_BUCKET):
+            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float("inf") if bound == "+Inf" else float(bound)] = float(line.rsplit(" ", 1)[1])
+    return buckets or None
+
+
+def lag_percentile_ms(before: dict[float, float] | None, after: dict[float, float] | None, pct: float) -> float | None:
+    """The bucket upper bound (ms) at or under which `pct` % of the phase's handovers fall."""
+    if not before or not after:
+        return None
+    bounds = sorted(after)
+    total = after[bounds[-1]] - before.get(bounds[-1], 0.0)
+    if total <= 0:
+        return None
+    for bound in bounds:
+        if after[bound] - before.get(bound, 0.0) >= total * pct / 100:
+            return round(bound * 1000, 2)
+    return None
+
+
+class Probe:
+    """CPU of the gateway, Redis and load processes, Redis command counts, and the gateway's own delivery lag
+    histogram, between two instants."""
+
+    def __init__(self, gateway_pid: int, admin: redis.Redis, metrics: httpx.AsyncClient | None, url: str) -> None:
         self.gateway_pid = gateway_pid
         self.admin = admin
+        self.metrics = metrics
+        self.url = url
 
     async def snap(self, fleet: LoadFleet) -> dict[str, Any]:
         _, load_cpu = await fleet.progress({})
         return {
+            "lag": await hub_lag_buckets(self.metrics, self.url),
             "t": time.time(),
             "gateway_cpu": tree_cpu_s(self.gateway_pid),
             "host_busy": host_busy_s(),
@@ -181,6 +219,9 @@ class Probe:
         ours += sum(after["load_cpu"]) - sum(before["load_cpu"])
         read_calls, read_usec = read_usec_delta(rb, ra)
         return {
+            "hub_lag_p50_ms": lag_percentile_ms(before["lag"], after["lag"], 50),
+            "hub_lag_p99_ms": lag_percentile_ms(before["lag"], after["lag"], 99),
+            "load_cpu_s": round(sum(after["load_cpu"]) - sum(before["load_cpu"]), 3),
             "gateway_cpu_s": round(after["gateway_cpu"] - before["gateway_cpu"], 3),
             "redis_cpu_s": round(ra.cpu_s - rb.cpu_s, 3),
             "redis_us_per_event": round(1e6 * (ra.cpu_s - rb.cpu_s) / max(events, 1), 1),
@@ -287,6 +328,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
     cell["workers"] = spec.workers
     gateway: GatewayProcess | None = None
     fleet: LoadFleet | None = None
+    metrics_http: httpx.AsyncClient | None = None
     client = redis_from_url(redis_url, max_connections=max(8, spec.runs * 2))
     admin = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
@@ -317,7 +359,8 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         if connected == 0:
             raise BenchError(f"no viewer connected: {errors}")
 
-        probe = Probe(gateway.pid, admin)
+        metrics_http = httpx.AsyncClient(timeout=10) if spec.workers == 1 else None
+        probe = Probe(gateway.pid, admin, metrics_http, gateway.url)
         phases: list[tuple[PhaseResult, dict[str, Any], float]] = []
         before = await probe.snap(fleet)
         steady = await asyncio.wait_for(publisher.steady(spec.rate, spec.duration), limit + spec.duration)
@@ -341,6 +384,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
             figures["read_cmds_per_event"] = round(figures["redis_cmds_per_event"] - publisher_cmds, 2)
             deliveries = max(figures["deliveries"], 1)
             figures["gateway_us_per_delivery"] = round(1e6 * figures["gateway_cpu_s"] / deliveries, 1)
+            figures["load_us_per_delivery"] = round(1e6 * figures["load_cpu_s"] / deliveries, 1)
             figures["offered_deliveries_per_s"] = round(spec.rate * connected) if steady_phase else None
             cell[phase.name] = figures
         problems: dict[str, int] = {}
@@ -365,6 +409,8 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
                 cell["gateway_log_tail"] = gateway.log()[-1500:]
             gateway.stop(timeout=10)
         await client.aclose()
+        if metrics_http is not None:
+            await metrics_http.aclose()
         admin.close()
     return cell
 

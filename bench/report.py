@@ -6,7 +6,7 @@ from typing import Any
 
 LABELS = ["mode", "feed", "cell", "viewers", "runs", "procs"]
 STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
-STEADY_HEADERS += ["read/ev", "gw us/dlv", "CPU %", "others %", "drained"]
+STEADY_HEADERS += ["read/ev", "gw p99 ms", "gw us/dlv", "load us/dlv", "CPU %", "others %", "drained"]
 RUNS_HEADERS = ["mode", "feed", "runs", "procs", "ev/s/run", "offered/s", "delivered/s", "p50 ms", "p99 ms"]
 RUNS_HEADERS += ["gw us/dlv", "redis us/ev", "follow us/ev", "reads/ev", "us/read", "CPU %", "others %", "complete"]
 RATIO_HEADERS = ["cell", "viewers", "procs", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
@@ -27,7 +27,12 @@ definitions:
                 (the harness's INFO/PING probes excluded). It INCLUDES the publish itself: the EVALSHA of the append
                 script and the commands the script runs (HGET, XADD, HSET, 2x EXPIRE), measured per cell with no
                 viewer attached ("publisher cmds/ev" in the JSON). read/ev = cmds/ev minus that: the gateway's share.
+  gw p99 ms     the gateway's own share of the latency: its runcast_hub_delivery_lag_seconds histogram (entry id's
+                millisecond timestamp -> the moment the hub hands the event to the viewer's connection), p99 as the
+                bucket bound it falls under; one gateway process, hub only. The rest of p99 is Redis, the socket
+                and the load processes (on a 2-core box they share the cores with the gateway).
   gw us/dlv     gateway CPU (all its processes) over the phase / deliveries: the cost of one delivered event.
+  load us/dlv   the same for the load processes (the harness's viewers): what receiving costs them.
   redis us/ev   redis-server CPU over the phase / events published: the append itself plus every read any gateway
                 made; reads/ev = stream reads (XREAD, XRANGE, XREVRANGE) per event; us/read = Redis' own time per
                 read call (INFO commandstats usec / calls): what a read costs the server as runs followed grow.
@@ -78,7 +83,7 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     for cell in cells:
         s = cell.get("steady")
         if s is None:
-            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 10), "FAILED"])
+            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 12), "FAILED"])
             continue
         rows.append(
             [
@@ -91,7 +96,9 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(s["max_ms"], 1),
                 _fmt(s["redis_cmds_per_event"], 1),
                 _fmt(s["read_cmds_per_event"], 1),
+                f"≤{_fmt(s['hub_lag_p99_ms'], 1)}" if s.get("hub_lag_p99_ms") is not None else "-",
                 _fmt(s.get("gateway_us_per_delivery"), 1),
+                _fmt(s.get("load_us_per_delivery"), 1),
                 _cpu(s),
                 _fmt(s["others_cpu_pct"]),
                 "yes" if s["drained"] else f"NO ({s['viewers_behind']} behind)",

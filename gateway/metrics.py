@@ -82,7 +82,7 @@ ANNOUNCEMENTS = FastCounter("runcast_hub_announcements", "Live announcements of 
 DELIVERY_LAG = WeightedHistogram(
     "runcast_hub_delivery_lag_seconds",
     "Publish-to-delivery lag: the entry id's millisecond timestamp to the moment the hub hands the event over",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+    buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
 
