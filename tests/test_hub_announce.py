@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
+from runcast.gateway.hub.announcements import parse_announcement
 from runcast.gateway.hub.fanout import Hub
-from runcast.gateway.hub.reader import parse_announcement
 from runcast.shared.ids import START_ID
 from runcast.shared.keys import live_channel
 from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType

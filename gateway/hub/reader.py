@@ -27,15 +27,14 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import hiredis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 
 from runcast.gateway import metrics
+from runcast.gateway.hub.announcements import OneReply, Subscription, as_bytes, parse_announcement
 from runcast.gateway.hub.run import RunFeed
 from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
-from runcast.shared.streamlog import Entry
 
 log = logging.getLogger("runcast.hub")
 
@@ -58,25 +57,6 @@ class ReaderHost(Protocol):
 
     def reader_failed(self, reader: LiveReader) -> None:
         """The reader lost its connection (it reconnects by itself; a cluster hub may re-route runs)."""
-
-
-def parse_announcement(payload: bytes) -> tuple[str, list[Entry]]:
-    """`<prev>\n` then, per entry, `<id> <type> <byte length>\n<event>` (see the append script) as (prev, entries).
-
-    Parsed by length, so the event JSON is sliced out as it is (a JSON array around it cost ~3 us more per event to
-    decode: every quote in the event is escaped). Anything malformed raises ValueError: the hub reads the log."""
-    end = payload.index(b"\n")
-    prev = payload[:end].decode()
-    entries = []
-    pos, size = end + 1, len(payload)
-    while pos < size:
-        end = payload.index(b"\n", pos)
-        entry_id, entry_type, length = payload[pos:end].split(b" ")
-        pos = end + 1 + int(length)
-        if pos > size:
-            raise ValueError("announcement cut short")
-        entries.append(Entry(entry_id.decode(), entry_type.decode(), payload[end + 1 : pos].decode()))
-    return prev, entries
 
 
 class LiveReader:
@@ -194,7 +174,7 @@ class LiveReader:
         lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
         transport = getattr(writer, "transport", None)
         if callable(getattr(transport, "set_protocol", None)):
-            transport.set_protocol(_Subscription(self, lost))
+            transport.set_protocol(Subscription(self, lost))
             self._close = transport.abort
         else:  # no socket to take over (fakeredis, in `runcast demo`): read through redis-py, one reply at a time
             pump = asyncio.create_task(self._pump(conn, lost), name=f"runcast-hub-reader-pump-{self.group}")
@@ -203,14 +183,14 @@ class LiveReader:
         return lost
 
     async def _pump(self, conn: AbstractConnection, lost: asyncio.Future[Exception | None]) -> None:
-        parser = _OneReply()
+        parser = OneReply()
         try:
             while True:
                 try:
                     parser.reply = as_bytes(await conn.read_response())
                 except ResponseError as exc:
                     parser.reply = exc
-                self._received(parser)
+                self.received(parser)
         except Exception as exc:
             if not lost.done():
                 lost.set_result(exc)
@@ -218,7 +198,7 @@ class LiveReader:
             if not lost.done():
                 lost.set_result(None)
 
-    def _received(self, parser: Any) -> None:
+    def received(self, parser: Any) -> None:
         """Everything that came in one read: messages and replies in order, then one publish per run touched."""
         self._heard = True
         while True:
@@ -384,47 +364,3 @@ class LiveReader:
         if conn is not None:
             with contextlib.suppress(Exception):
                 await conn.disconnect(nowait=True)
-
-
-def as_bytes(reply: Any) -> Any:
-    """A reply decoded by redis-py (the pump's connection decodes) as the protocol's own parser gives it: bytes."""
-    if isinstance(reply, str):
-        return reply.encode()
-    if isinstance(reply, list):
-        return [as_bytes(item) for item in reply]
-    return reply
-
-
-class _OneReply:
-    """`_received`'s parser interface over one reply already parsed by redis-py."""
-
-    reply: Any = False
-
-    def gets(self) -> Any:
-        reply, self.reply = self.reply, False
-        return reply
-
-
-class _Subscription(asyncio.Protocol):
-    """The reader's connection once redis-py has set it up: bytes in, parsed by hiredis, handed to the reader."""
-
-    def __init__(self, reader: LiveReader, lost: asyncio.Future[Exception | None]) -> None:
-        self.reader = reader
-        self.lost = lost
-        self.parser = hiredis.Reader()  # bytes: an announcement is parsed by length (see `parse_announcement`)
-
-    def data_received(self, data: bytes) -> None:
-        self.parser.feed(data)
-        try:
-            self.reader._received(self.parser)
-        except hiredis.ProtocolError as exc:
-            log.error("hub reader %s: protocol error %r", self.reader.group, exc)
-            if not self.lost.done():
-                self.lost.set_result(exc)
-
-    def eof_received(self) -> bool:
-        return False  # close
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.lost.done():
-            self.lost.set_result(exc)

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, MutableMapping
 from typing import Any, Protocol
 
+import h11
+
 from runcast.gateway.hub.subscriber import Encode
 
 SERVER_SEND = "runcast.server_send"
@@ -47,8 +49,8 @@ class BodyWriter(Protocol):
         ...
 
 
-class _HttptoolsBody:
-    """uvicorn's httptools protocol (`uvicorn[standard]`, the default): chunked framing is `%x\\r\\n<data>\\r\\n`."""
+class _UvicornBody:
+    """The state of one uvicorn HTTP/1.1 response cycle that decides whether body bytes may be written now."""
 
     __slots__ = ("cycle", "flow", "max_buffered", "transport")
 
@@ -64,8 +66,14 @@ class _HttptoolsBody:
     def backed_up(self) -> bool:
         return bool(self.flow.write_paused or self.transport.get_write_buffer_size() > self.max_buffered)
 
+
+class _HttptoolsBody(_UvicornBody):
+    """uvicorn's httptools protocol (`uvicorn[standard]`, the default): chunked framing is `%x\\r\\n<data>\\r\\n`."""
+
+    __slots__ = ()
+
     def write(self, data: bytes) -> bool:
-        cycle, transport = self.cycle, self.transport
+        cycle, transport = self.cycle, self.transport  # closed() and backed_up() inlined: once per viewer per event
         if cycle.disconnected or cycle.response_complete or transport.is_closing():
             return False
         if self.flow.write_paused or transport.get_write_buffer_size() > self.max_buffered:
@@ -74,30 +82,15 @@ class _HttptoolsBody:
         return True
 
 
-class _H11Body:
+class _H11Body(_UvicornBody):
     """uvicorn's h11 protocol (no httptools installed, or `--http h11`): h11 frames the data."""
 
-    __slots__ = ("Data", "cycle", "flow", "max_buffered", "transport")
-
-    def __init__(self, cycle: Any, max_buffered: int) -> None:
-        import h11
-
-        self.Data = h11.Data
-        self.cycle = cycle
-        self.transport = cycle.transport
-        self.flow = cycle.flow
-        self.max_buffered = max_buffered
-
-    def closed(self) -> bool:
-        return bool(self.cycle.disconnected or self.cycle.response_complete or self.transport.is_closing())
-
-    def backed_up(self) -> bool:
-        return bool(self.flow.write_paused or self.transport.get_write_buffer_size() > self.max_buffered)
+    __slots__ = ()
 
     def write(self, data: bytes) -> bool:
         if self.closed() or self.backed_up():
             return False
-        self.transport.write(self.cycle.conn.send(self.Data(data=data)))
+        self.transport.write(self.cycle.conn.send(h11.Data(data=data)))
         return True
 
 
@@ -113,8 +106,6 @@ def body_writer(server_send: object, max_buffered: int = MAX_BUFFERED) -> BodyWr
             return _HttptoolsBody(cycle, max_buffered)
         return None
     if module == "uvicorn.protocols.http.h11_impl":
-        import h11
-
         if cycle.conn.our_state is h11.SEND_BODY and cycle.scope.get("method") != "HEAD":
             return _H11Body(cycle, max_buffered)
     return None
