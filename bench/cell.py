@@ -24,20 +24,29 @@ from redis.asyncio import Redis
 from bench.fleet import BenchError, ProcessFleet
 from bench.histogram import Histogram
 from bench.loadgen import load_main
-from bench.procs import command_delta, cpu_s, host_busy_s, redis_snapshot, rss_kib, start_gateway
+from bench.probe import Probe
+from bench.procs import (
+    command_delta,
+    process_tree,
+    redis_snapshot,
+    start_gateway,
+    tree_cpu_s,
+    tree_rss_kib,
+)
 from bench.publisher import PhaseResult, Publisher
 from runcast.shared.redis_client import redis_from_url
 from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess
 
 HOST = "127.0.0.1"
-FEEDS = {"hub": "hub", "naive": "direct"}
+FEEDS = {"hub": "hub", "naive": "direct", "base": "hub"}
+"""`base`: the hub read path of another build of the gateway (`--baseline`), for before/after in one run."""
 
 
 @dataclass(frozen=True)
 class CellSpec:
-    mode: str  # "hub" | "naive"
-    kind: str  # "load" | "idle"
+    mode: str  # "hub" | "naive" | "base"
+    kind: str  # "load" (one run, many viewers) | "idle" | "runs" (many runs, one viewer each)
     viewers: int
     runs: int
     rate: float
@@ -49,6 +58,8 @@ class CellSpec:
     connect_concurrency: int
     phase_timeout: float
     backlog: int
+    workers: int = 1  # uvicorn worker processes of the gateway (`runcast gateway --workers N`)
+    gateway_path: str | None = None  # PYTHONPATH of the gateway process (a baseline build), else this checkout
 
     @property
     def feed(self) -> str:
@@ -88,54 +99,14 @@ class LoadFleet(ProcessFleet):
         return [reply[1] for reply in replies]
 
 
-class Probe:
-    """CPU of the gateway, Redis and load processes, and Redis command counts, between two instants."""
-
-    def __init__(self, gateway_pid: int, admin: redis.Redis) -> None:
-        self.gateway_pid = gateway_pid
-        self.admin = admin
-
-    async def snap(self, fleet: LoadFleet) -> dict[str, Any]:
-        _, load_cpu = await fleet.progress({})
-        return {
-            "t": time.time(),
-            "gateway_cpu": cpu_s(self.gateway_pid),
-            "host_busy": host_busy_s(),
-            "self_cpu": time.process_time(),  # this coordinator: the publisher
-            "redis": redis_snapshot(self.admin),
-            "load_cpu": load_cpu,
-        }
-
-    @staticmethod
-    def between(before: dict[str, Any], after: dict[str, Any], events: int) -> dict[str, Any]:
-        wall = max(after["t"] - before["t"], 1e-9)
-        rb, ra = before["redis"], after["redis"]
-        commands = command_delta(rb, ra)
-        ours = sum(after[k] - before[k] for k in ("gateway_cpu", "self_cpu")) + ra.cpu_s - rb.cpu_s
-        ours += sum(after["load_cpu"]) - sum(before["load_cpu"])
-        return {
-            "wall_s": round(wall, 3),
-            "gateway_cpu_pct": round(100 * (after["gateway_cpu"] - before["gateway_cpu"]) / wall, 1),
-            "redis_cpu_pct": round(100 * (ra.cpu_s - rb.cpu_s) / wall, 1),
-            "publisher_cpu_pct": round(100 * (after["self_cpu"] - before["self_cpu"]) / wall, 1),
-            "others_cpu_pct": round(max(0.0, 100 * (after["host_busy"] - before["host_busy"] - ours) / wall), 1),
-            "host_busy_pct": round(100 * (after["host_busy"] - before["host_busy"]) / wall / (os.cpu_count() or 1), 1),
-            "load_cpu_pct": [
-                round(100 * (a - b) / wall, 1) for a, b in zip(after["load_cpu"], before["load_cpu"], strict=True)
-            ],
-            "redis_cmds_per_event": round(sum(commands.values()) / max(events, 1), 2),
-            "redis_cmds": commands,
-        }
-
-
 async def settle(pid: int, limit_s: float, idle_pct: float = 5.0) -> float:
     """Wait until the gateway is idle (every subscriber parked in its read) before reading its RSS; seconds taken."""
     start = time.monotonic()
     await asyncio.sleep(0.5)
     while time.monotonic() - start < limit_s:
-        before = cpu_s(pid)
+        before = tree_cpu_s(pid)
         await asyncio.sleep(0.5)
-        if 100 * (cpu_s(pid) - before) / 0.5 < idle_pct:
+        if 100 * (tree_cpu_s(pid) - before) / 0.5 < idle_pct:
             break
     return round(time.monotonic() - start, 2)
 
@@ -210,12 +181,16 @@ async def warm_up(gateway: GatewayProcess, redis_url: str) -> None:
 async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
     cell: dict[str, Any] = {"mode": spec.mode, "feed": spec.feed, "kind": spec.kind, "viewers": spec.viewers}
     cell.update(runs=spec.runs, rate=spec.rate, duration_s=spec.duration, payload_bytes=spec.payload_bytes)
+    cell["workers"] = spec.workers
     gateway: GatewayProcess | None = None
     fleet: LoadFleet | None = None
+    metrics_http: httpx.AsyncClient | None = None
     client = redis_from_url(redis_url, max_connections=max(8, spec.runs * 2))
     admin = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=10)
     try:
-        gateway = await asyncio.to_thread(start_gateway, redis_url, spec.feed, spec.backlog)
+        gateway = await asyncio.to_thread(
+            start_gateway, redis_url, spec.feed, spec.backlog, spec.workers, spec.gateway_path
+        )
         await asyncio.wait_for(warm_up(gateway, redis_url), spec.phase_timeout)
         limit = spec.phase_timeout
         publisher_cmds = await asyncio.wait_for(publisher_cost(client, admin), limit)
@@ -223,7 +198,7 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         publisher = Publisher(client, spec.runs, spec.payload_bytes)
         await asyncio.wait_for(publisher.create_runs(), limit)
         await asyncio.sleep(0.5)
-        rss_before = rss_kib(gateway.pid)
+        rss_before = tree_rss_kib(gateway.pid)
         log(f"  connecting {spec.viewers} viewers ({spec.feed} feed) ...")
         fleet = LoadFleet(spec, gateway.port, publisher.run_ids)
         fleet.start()
@@ -232,15 +207,16 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
         cell["connect_s"] = round(time.monotonic() - connect_start, 2)
         cell["connected"], cell["connect_errors"] = connected, errors
         cell["settle_s"] = await settle(gateway.pid, limit_s=5 + spec.viewers / 1_000)
-        rss_after = rss_kib(gateway.pid)
+        rss_after = tree_rss_kib(gateway.pid)
         cell["rss_before_kib"], cell["rss_after_kib"] = rss_before, rss_after
         cell["rss_per_viewer_kib"] = round((rss_after - rss_before) / max(connected, 1), 2)
-        cell["gateway_fds"] = len(_listdir(f"/proc/{gateway.pid}/fd"))
+        cell["gateway_fds"] = sum(len(_listdir(f"/proc/{pid}/fd")) for pid in process_tree(gateway.pid))
         log(f"  {connected}/{spec.viewers} connected in {cell['connect_s']} s; RSS {rss_before} -> {rss_after} KiB")
         if connected == 0:
             raise BenchError(f"no viewer connected: {errors}")
 
-        probe = Probe(gateway.pid, admin)
+        metrics_http = httpx.AsyncClient(timeout=10) if spec.workers == 1 else None
+        probe = Probe(gateway.pid, admin, metrics_http, gateway.url)
         phases: list[tuple[PhaseResult, dict[str, Any], float]] = []
         before = await probe.snap(fleet)
         steady = await asyncio.wait_for(publisher.steady(spec.rate, spec.duration), limit + spec.duration)
@@ -262,6 +238,9 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
             steady_phase = phase.name == "steady"
             figures = {**phase_figures(results, phase, nominal_s, steady_phase), **usage}
             figures["read_cmds_per_event"] = round(figures["redis_cmds_per_event"] - publisher_cmds, 2)
+            deliveries = max(figures["deliveries"], 1)
+            figures["gateway_us_per_delivery"] = round(1e6 * figures["gateway_cpu_s"] / deliveries, 1)
+            figures["load_us_per_delivery"] = round(1e6 * figures["load_cpu_s"] / deliveries, 1)
             figures["offered_deliveries_per_s"] = round(spec.rate * connected) if steady_phase else None
             cell[phase.name] = figures
         problems: dict[str, int] = {}
@@ -286,6 +265,8 @@ async def run_cell(spec: CellSpec, redis_url: str, log: Any) -> dict[str, Any]:
                 cell["gateway_log_tail"] = gateway.log()[-1500:]
             gateway.stop(timeout=10)
         await client.aclose()
+        if metrics_http is not None:
+            await metrics_http.aclose()
         admin.close()
     return cell
 

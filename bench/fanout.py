@@ -1,7 +1,9 @@
 """Fan-out benchmark: one real gateway process, N SSE viewers from separate load processes, a real redis-server.
 
-    python -m bench.fanout                       # hub and naive side by side, N = 100, 1000, 5000 + 10000 idle
+    python -m bench.fanout                       # hub and naive side by side: one run x N = 100, 1000, 5000 viewers,
+                                                 # 10000 idle viewers, 200 runs x 1 viewer, 10/100/1000 runs x 1 viewer
     python -m bench.fanout --mode naive --viewers 1000 --idle-viewers 0
+    python -m bench.fanout --mode hub --viewers 1000 --workers 1,2 --idle-viewers 0 --many-runs 0 --runs-sweep 0
 
 `hub` runs the gateway with RUNCAST_FEED=hub (one Redis reader per run per process), `naive` with
 RUNCAST_FEED=direct (one XREAD loop per viewer). Every cell gets a fresh gateway; one throwaway redis-server serves
@@ -27,6 +29,13 @@ from bench.report import render
 MODES = {"hub": ["hub"], "naive": ["naive"], "both": ["hub", "naive"]}
 
 
+def _counts(text: str) -> list[int]:
+    """Like `_ints`, but `0` (or nothing) is allowed and means no such cells."""
+    if text.strip() in ("", "0"):
+        return []
+    return _ints(text)
+
+
 def _ints(text: str) -> list[int]:
     """`100,1000,5000`; `0` alone means no loaded cells (e.g. only the idle-viewers cell)."""
     try:
@@ -45,6 +54,18 @@ def build_parser() -> argparse.ArgumentParser:
     add("--viewers", type=_ints, default=[100, 1_000, 5_000], help="loaded cells, 0: none")
     add("--idle-viewers", type=int, default=10_000, help="an extra cell at a trickle rate; 0 skips it")
     add("--runs", type=int, default=1, help="runs published at once; viewers are spread over them")
+    add("--many-runs", type=_counts, default=[200], help="cells of R runs x 1 viewer each at --many-rate; 0: none")
+    add("--many-rate", type=float, default=50.0, help="events per second per run in the --many-runs cells")
+    add("--runs-sweep", type=_counts, default=[10, 100, 1_000], help="cells of R runs x 1 viewer, --sweep-rate in all")
+    add("--sweep-rate", type=float, default=1_000.0, help="events per second over all runs of a --runs-sweep cell")
+    add("--workers", type=_ints, default=[1], help="gateway processes (`runcast gateway --workers N`), e.g. 1,2")
+    add(
+        "--baseline",
+        default=None,
+        metavar="DIR",
+        help="also run every hub cell against the runcast build installed in DIR (pip install --target DIR <checkout>)"
+        " as mode `base`: before/after side by side",
+    )
     add("--rate", type=float, default=10.0, help="steady phase: events per second per run")
     add("--duration", type=float, default=5.0, help="steady phase: seconds of publishing")
     add("--burst-deliveries", type=int, default=200_000, help="burst size: about this many deliveries (0 skips)")
@@ -67,6 +88,13 @@ def burst_per_run(args: argparse.Namespace, viewers: int) -> int:
     return max(10, min(2_000, args.burst_deliveries // viewers))
 
 
+def modes(args: argparse.Namespace) -> list[str]:
+    chosen = list(MODES[args.mode])
+    if args.baseline and "hub" in chosen:
+        chosen.insert(chosen.index("hub") + 1, "base")
+    return chosen
+
+
 def plan(args: argparse.Namespace) -> list[CellSpec]:
     common = {
         "payload_bytes": args.payload_bytes,
@@ -76,17 +104,28 @@ def plan(args: argparse.Namespace) -> list[CellSpec]:
         "phase_timeout": args.phase_timeout,
         "backlog": args.backlog,
     }
+
+    def spec(mode: str, *fields: Any, workers: int = 1) -> CellSpec:
+        path = args.baseline if mode == "base" else None
+        return CellSpec(mode, *fields, **common, workers=workers, gateway_path=path)
+
     cells = []
     for viewers in args.viewers:
-        for mode in MODES[args.mode]:  # modes alternate per N, so both see the same machine load
-            runs = min(args.runs, viewers)
-            cells.append(
-                CellSpec(mode, "load", viewers, runs, args.rate, args.duration, burst_per_run(args, viewers), **common)
-            )
+        for workers in args.workers:
+            for mode in modes(args):  # modes alternate per N, so each sees the same machine load
+                runs = min(args.runs, viewers)
+                burst = burst_per_run(args, viewers)
+                cells.append(spec(mode, "load", viewers, runs, args.rate, args.duration, burst, workers=workers))
+    many = [(runs, args.many_rate) for runs in args.many_runs]
+    many += [(runs, args.sweep_rate / runs) for runs in args.runs_sweep]
+    for runs, rate in many:  # R runs x 1 viewer: what the hub costs per followed run
+        for workers in args.workers:
+            for mode in modes(args):
+                cells.append(spec(mode, "runs", runs, runs, rate, args.duration, 0, workers=workers))
     if args.idle_viewers > 0:
-        for mode in MODES[args.mode]:
+        for mode in modes(args):
             runs = min(args.runs, args.idle_viewers)
-            cells.append(CellSpec(mode, "idle", args.idle_viewers, runs, args.idle_rate, args.duration, 0, **common))
+            cells.append(spec(mode, "idle", args.idle_viewers, runs, args.idle_rate, args.duration, 0))
     return cells
 
 
@@ -123,7 +162,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     try:
         for spec in plan(args):
-            log(f"[{spec.mode} {spec.kind}] {spec.viewers} viewers on {spec.runs} run(s), {spec.rate:g} ev/s per run")
+            log(
+                f"[{spec.mode} {spec.kind}] {spec.viewers} viewers on {spec.runs} run(s), {spec.rate:g} ev/s per run, "
+                f"{spec.workers} gateway process(es)"
+            )
             cells.append(await run_cell(spec, redis_url, log))
     finally:
         if server is not None:

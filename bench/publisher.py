@@ -16,10 +16,14 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 
 from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType
-from runcast.shared.streamlog import StreamLog
+from runcast.shared.streamlog import RunAppend, StreamLog
 
 NO_TRIM = 100_000_000
 """The publisher's MAXLEN: a benchmark run must never be trimmed (a lagging viewer would see a reset)."""
+
+
+SPREAD_TICKS_PER_S = 1_000
+"""At most this many append ticks per second when many runs are spread over each period (see `steady`)."""
 
 
 def entry_int(entry_id: str) -> int:
@@ -48,33 +52,52 @@ class Publisher:
         for run_id in self.run_ids:
             await self.log.create_run(run_id, "bench", "fan-out benchmark")
 
-    async def _append(self, run_id: str, phase: str, kind: StreamingEventType = StreamingEventType.CHUNK) -> None:
-        n = self.published[run_id] + 1
+    def _event(self, run_id: str, phase: str, kind: StreamingEventType) -> StreamingEvent:
         chunk = kind is StreamingEventType.CHUNK
+        n = self.published[run_id] + 1
         data = StreamingChunk(content=self.content, delta=" tok", token_count=n) if chunk else {}
-        event = StreamingEvent(kind, data, timestamp=time.time(), run_id=run_id, trace_id=phase)
-        entry_id = await self.log.append(run_id, event)
+        return StreamingEvent(kind, data, timestamp=time.time(), run_id=run_id, trace_id=phase)
+
+    def _appended(self, run_id: str, entry_id: str | bytes) -> None:
+        entry_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         count, checksum = self.tally[run_id]
         self.tally[run_id] = (count + 1, checksum + entry_int(entry_id))
-        self.published[run_id] = n
+        self.published[run_id] += 1
 
-    async def _round(self, phase: str, kind: StreamingEventType = StreamingEventType.CHUNK) -> None:
-        """One event to every run, concurrently (one run's events stay in order: one append per run at a time)."""
-        if len(self.run_ids) == 1:
-            await self._append(self.run_ids[0], phase, kind)
-        else:
-            await asyncio.gather(*(self._append(run_id, phase, kind) for run_id in self.run_ids))
+    async def _round(
+        self, phase: str, kind: StreamingEventType = StreamingEventType.CHUNK, run_ids: list[str] | None = None
+    ) -> None:
+        """One event to every run (of `run_ids`). One run: one append (one EVALSHA round trip, as a worker does per
+        token). Many runs: one append call for all of them (`StreamLog.append_runs`, as a worker's writer does), so
+        the publisher's own CPU stays small next to the gateway's; each run's events stay in order."""
+        run_ids = self.run_ids if run_ids is None else run_ids
+        if len(run_ids) == 1:
+            run_id = run_ids[0]
+            self._appended(run_id, await self.log.append(run_id, self._event(run_id, phase, kind)))
+            return
+        appends = [RunAppend.build(run_id, [self._event(run_id, phase, kind)]) for run_id in run_ids]
+        for append, reply in zip(appends, await self.log.append_runs(appends), strict=True):
+            if not isinstance(reply, str):
+                raise RuntimeError(f"append refused for run {append.run_id}: {reply}")
+            self._appended(append.run_id, reply)
 
     async def steady(self, rate: float, duration: float, phase: str = "steady") -> PhaseResult:
-        """`rate` events per second to every run for `duration` seconds, on a fixed schedule (no drift)."""
+        """`rate` events per second to every run for `duration` seconds, on a fixed schedule (no drift).
+
+        Many runs are spread over each period instead of appending all at the same instant (independent workers
+        do not tick together): the runs form up to `SPREAD_TICKS_PER_S / rate` groups, each appended at its own
+        offset within the period, so a reader sees the mix of lone and coinciding appends real runs make."""
         total = max(1, round(rate * duration))
+        groups = max(1, min(len(self.run_ids), round(SPREAD_TICKS_PER_S / rate)))
+        members = [self.run_ids[g::groups] for g in range(groups)]
         start = time.time()
         loop_start = time.monotonic()
         for k in range(total):
-            delay = loop_start + k / rate - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            await self._round(phase)
+            for g, run_ids in enumerate(members):
+                delay = loop_start + (k + g / groups) / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await self._round(phase, run_ids=run_ids)
         return PhaseResult(phase, start, time.time(), total, total * len(self.run_ids))
 
     async def burst(self, events_per_run: int, phase: str = "burst") -> PhaseResult:

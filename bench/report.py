@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-LABELS = ["mode", "feed", "cell", "viewers", "runs"]
+LABELS = ["mode", "feed", "cell", "viewers", "runs", "procs"]
 STEADY_HEADERS = [*LABELS, "connected", "offered/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "cmds/ev"]
-STEADY_HEADERS += ["read/ev", "CPU %", "others %", "drained"]
-RATIO_HEADERS = ["cell", "viewers", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
-RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive"]
+STEADY_HEADERS += ["read/ev", "gw p99 ms", "gw us/dlv", "load us/dlv", "CPU %", "others %", "drained"]
+RUNS_HEADERS = ["mode", "feed", "runs", "procs", "ev/s/run", "offered/s", "delivered/s", "p50 ms", "p99 ms"]
+RUNS_HEADERS += ["gw us/dlv", "redis us/ev", "follow us/ev", "reads/ev", "us/read", "CPU %", "others %", "complete"]
+RATIO_HEADERS = ["cell", "viewers", "procs", "steady delivered/s hub÷naive", "burst delivered/s hub÷naive"]
+RATIO_HEADERS += ["p50 naive÷hub", "p99 naive÷hub", "cmds/ev hub / naive", "gw us/dlv naive÷hub"]
+RATIO_HEADERS += ["redis us/ev naive÷hub"]
 LOAD_BOUND_PCT = 85.0
 OTHERS_NOISY_PCT = 25.0
 """A load process above this CPU share may be what limits the figures, not the gateway."""
@@ -24,6 +27,20 @@ definitions:
                 (the harness's INFO/PING probes excluded). It INCLUDES the publish itself: the EVALSHA of the append
                 script and the commands the script runs (HGET, XADD, HSET, 2x EXPIRE), measured per cell with no
                 viewer attached ("publisher cmds/ev" in the JSON). read/ev = cmds/ev minus that: the gateway's share.
+  gw p99 ms     the gateway's own share of the latency: its runcast_hub_delivery_lag_seconds histogram (entry id's
+                millisecond timestamp -> the moment the hub hands the event to the viewer's connection), p99 as the
+                bucket bound it falls under; one gateway process, hub only. The rest of p99 is Redis, the socket
+                and the load processes (on a 2-core box they share the cores with the gateway).
+  gw us/dlv     gateway CPU (all its processes) over the phase / deliveries: the cost of one delivered event.
+  load us/dlv   the same for the load processes (the harness's viewers): what receiving costs them.
+  redis us/ev   redis-server CPU over the phase / events published: the append itself plus every read any gateway
+                made; reads/ev = stream reads (XREAD, XRANGE, XREVRANGE) per event; us/read = Redis' own time per
+                read call (INFO commandstats usec / calls): what a read costs the server as runs followed grow.
+  follow us/ev  Redis' own time (commandstats usec) per event spent keeping gateways informed: stream reads plus
+                the append script's PUBLISH/SPUBLISH. Unlike redis us/ev it leaves out the append itself and the
+                server's fixed cost (cron, the harness's probes), which dominate at low event rates.
+  runs cells    R runs x 1 viewer each, published together (one pipelined round of appends per tick).
+  procs         gateway processes (`runcast gateway --workers N`).
   KiB/viewer    (gateway VmRSS after connecting N idle viewers - before) / N, fresh gateway per cell.
   CPU %         of one core over the phase: gateway process / redis-server / busiest load process.
   others %      CPU used outside the benchmark (machine busy time minus gateway, redis, load processes and
@@ -57,7 +74,8 @@ def _cpu(phase: dict[str, Any]) -> str:
 
 
 def _label(cell: dict[str, Any]) -> list[str]:
-    return [cell["mode"], cell["feed"], cell["kind"], _fmt(cell["viewers"]), _fmt(cell["runs"])]
+    labels = [cell["mode"], cell["feed"], cell["kind"], _fmt(cell["viewers"]), _fmt(cell["runs"])]
+    return [*labels, _fmt(cell.get("workers", 1))]
 
 
 def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
@@ -65,7 +83,7 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     for cell in cells:
         s = cell.get("steady")
         if s is None:
-            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 9), "FAILED"])
+            rows.append([*_label(cell), _fmt(cell.get("connected")), *(["-"] * 12), "FAILED"])
             continue
         rows.append(
             [
@@ -78,9 +96,41 @@ def steady_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
                 _fmt(s["max_ms"], 1),
                 _fmt(s["redis_cmds_per_event"], 1),
                 _fmt(s["read_cmds_per_event"], 1),
+                f"≤{_fmt(s['hub_lag_p99_ms'], 1)}" if s.get("hub_lag_p99_ms") is not None else "-",
+                _fmt(s.get("gateway_us_per_delivery"), 1),
+                _fmt(s.get("load_us_per_delivery"), 1),
                 _cpu(s),
                 _fmt(s["others_cpu_pct"]),
                 "yes" if s["drained"] else f"NO ({s['viewers_behind']} behind)",
+            ]
+        )
+    return rows
+
+
+def runs_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
+    rows = []
+    for cell in cells:
+        s = cell.get("steady")
+        complete = f"{cell.get('complete', 0):,}/{cell['viewers']:,}" + ("" if cell.get("ok") else " FAILED")
+        labels = [cell["mode"], cell["feed"], _fmt(cell["runs"]), _fmt(cell.get("workers", 1)), _fmt(cell["rate"], 1)]
+        if s is None:
+            rows.append([*labels, *(["-"] * 12), complete])
+            continue
+        rows.append(
+            [
+                *labels,
+                _fmt(s["offered_deliveries_per_s"]),
+                _fmt(s["deliveries_per_s"]),
+                _fmt(s["p50_ms"], 2),
+                _fmt(s["p99_ms"], 2),
+                _fmt(s.get("gateway_us_per_delivery"), 1),
+                _fmt(s.get("redis_us_per_event"), 1),
+                _fmt(s.get("follow_us_per_event"), 2),
+                _fmt(s.get("read_calls_per_event"), 3),
+                _fmt(s.get("read_us_per_call"), 1),
+                _cpu(s),
+                _fmt(s["others_cpu_pct"]),
+                complete,
             ]
         )
     return rows
@@ -108,11 +158,15 @@ def memory_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
     return rows
 
 
+def _key(cell: dict[str, Any]) -> tuple[str, int, int]:
+    return cell["kind"], cell["viewers"], cell.get("workers", 1)
+
+
 def ratio_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
-    by_key = {(c["kind"], c["viewers"], c["mode"]): c for c in cells}
+    by_key = {(*_key(c), c["mode"]): c for c in cells}
     rows = []
-    for (kind, viewers, mode), hub in by_key.items():
-        naive = by_key.get((kind, viewers, "naive"))
+    for (kind, viewers, workers, mode), hub in by_key.items():
+        naive = by_key.get((kind, viewers, workers, "naive"))
         if mode != "hub" or naive is None or "steady" not in hub or "steady" not in naive:
             continue
         hs, ns = hub["steady"], naive["steady"]
@@ -121,11 +175,52 @@ def ratio_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
             [
                 kind,
                 _fmt(viewers),
+                _fmt(workers),
                 _ratio(hs["deliveries_per_s"], ns["deliveries_per_s"]),
                 _ratio(hb["deliveries_per_s"], nb["deliveries_per_s"]) if hb and nb else "-",
                 _ratio(ns["p50_ms"], hs["p50_ms"]),
                 _ratio(ns["p99_ms"], hs["p99_ms"]),
                 f"{hs['redis_cmds_per_event']:.1f} / {ns['redis_cmds_per_event']:.1f}",
+                _ratio(ns.get("gateway_us_per_delivery"), hs.get("gateway_us_per_delivery")),
+                _ratio(ns.get("redis_us_per_event"), hs.get("redis_us_per_event")),
+            ]
+        )
+    return rows
+
+
+BASELINE_HEADERS = ["cell", "viewers", "runs", "procs", "p50 ms base → hub", "p99 ms base → hub"]
+BASELINE_HEADERS += ["gw us/dlv base → hub", "redis us/ev base → hub", "follow us/ev base → hub"]
+BASELINE_HEADERS += ["reads/ev base → hub", "burst dlv/s base → hub"]
+
+
+def baseline_rows(cells: list[dict[str, Any]]) -> list[list[str]]:
+    """Each hub cell next to the same cell on the baseline build (`--baseline`): before → after."""
+    by_key = {(*_key(c), c["mode"]): c for c in cells}
+    rows = []
+    for (kind, viewers, workers, mode), hub in by_key.items():
+        base = by_key.get((kind, viewers, workers, "base"))
+        if mode != "hub" or base is None or "steady" not in hub or "steady" not in base:
+            continue
+        hs, bs = hub["steady"], base["steady"]
+
+        def pair(key: str, digits: int = 1, h: dict[str, Any] = hs, b: dict[str, Any] = bs) -> str:
+            return f"{_fmt(b.get(key), digits)} → {_fmt(h.get(key), digits)}"
+
+        hb, bb = hub.get("burst"), base.get("burst")
+        burst = f"{_fmt(bb['deliveries_per_s'])} → {_fmt(hb['deliveries_per_s'])}" if hb and bb else "-"
+        rows.append(
+            [
+                kind,
+                _fmt(viewers),
+                _fmt(hub["runs"]),
+                _fmt(workers),
+                pair("p50_ms", 2),
+                pair("p99_ms", 2),
+                pair("gateway_us_per_delivery"),
+                pair("redis_us_per_event"),
+                pair("follow_us_per_event", 2),
+                pair("read_calls_per_event", 3),
+                burst,
             ]
         )
     return rows
@@ -154,10 +249,10 @@ def warnings(cells: list[dict[str, Any]]) -> list[str]:
                     f"{where} {name}: the machine was saturated and other processes took {phase['others_cpu_pct']:.0f}%"
                     " of a core: these figures understate the gateway (rerun on a quiet machine)"
                 )
-    by_key = {(c["kind"], c["viewers"], c["mode"]): c for c in cells}
-    for (kind, viewers, mode), hub in by_key.items():
-        naive = by_key.get((kind, viewers, "naive"))
-        if mode == "hub" and naive and "steady" in hub and "steady" in naive and viewers >= 100:
+    by_key = {(*_key(c), c["mode"]): c for c in cells}
+    for (kind, viewers, workers, mode), hub in by_key.items():
+        naive = by_key.get((kind, viewers, workers, "naive"))
+        if kind == "load" and mode == "hub" and naive and "steady" in hub and "steady" in naive and viewers >= 100:
             h, n = hub["steady"]["read_cmds_per_event"], naive["steady"]["read_cmds_per_event"]
             if h >= 0.5 * n:
                 out.append(
@@ -174,18 +269,26 @@ def render(result: dict[str, Any]) -> str:
         f"runcast fan-out benchmark: {env['cpus']} CPUs, load at start {env['loadavg_at_start']}, "
         f"nofile {env['nofile_soft']}/{env['nofile_hard']}, somaxconn {env['somaxconn']}, {result['elapsed_s']} s",
         "",
-        "steady phase (latency)          CPU % = gateway/redis/busiest load process (! = it may be the limit)",
-        table(
-            STEADY_HEADERS,
-            steady_rows(cells),
-        ),
-        "",
-        "burst phase (throughput) and memory",
-        table(
-            [*LABELS, "burst ev/run", "delivered/s", "CPU %", "others %", "KiB/viewer", "gateway fds", "complete"],
-            memory_rows(cells),
-        ),
     ]
+    one_run = [cell for cell in cells if cell["kind"] != "runs"]
+    many_runs = [cell for cell in cells if cell["kind"] == "runs"]
+    if one_run:
+        parts += [
+            "steady phase (latency)          CPU % = gateway/redis/busiest load process (! = it may be the limit)",
+            table(STEADY_HEADERS, steady_rows(one_run)),
+            "",
+            "burst phase (throughput) and memory",
+            table(
+                [*LABELS, "burst ev/run", "delivered/s", "CPU %", "others %", "KiB/viewer", "gateway fds", "complete"],
+                memory_rows(one_run),
+            ),
+        ]
+    if many_runs:
+        parts += [
+            "",
+            "many runs, one viewer each (steady phase): cost per followed run",
+            table(RUNS_HEADERS, runs_rows(many_runs)),
+        ]
     ratios = ratio_rows(cells)
     if ratios:
         parts += [
@@ -196,6 +299,9 @@ def render(result: dict[str, Any]) -> str:
                 ratios,
             ),
         ]
+    before_after = baseline_rows(cells)
+    if before_after:
+        parts += ["", "baseline build (--baseline) vs this one, same cells", table(BASELINE_HEADERS, before_after)]
     notes = warnings(cells)
     if notes:
         parts += ["", "WARNINGS:", *(f"  - {note}" for note in notes)]

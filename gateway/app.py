@@ -3,6 +3,7 @@ the demo."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
@@ -17,6 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from starlette.types import Receive, Scope, Send
 
 from runcast.gateway.conversations import ConversationBusy, conversation_busy
 from runcast.gateway.guards.middleware import BodySizeLimit, CreateRateLimit, ViewerLimit
@@ -27,6 +29,7 @@ from runcast.gateway.routes import chat, conversations, events, runs
 from runcast.gateway.schemas import Health, Readiness
 from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
+from runcast.gateway.wire.direct import SERVER_SEND
 from runcast.shared.redis_client import queue_redis, stream_redis
 from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
@@ -34,6 +37,16 @@ from runcast.shared.streamlog import StreamLog
 
 STATIC_DIR = Path(__file__).parent / "static"
 FeedFactory = Callable[[StreamLog], EventFeed]
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, plus the server's own `send` kept in each HTTP scope (`wire.direct.SERVER_SEND`): what lets the hub
+    write a live SSE viewer's frames to its connection itself (`runcast.gateway.wire.direct`)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def feed_for(settings: Settings) -> FeedFactory:
@@ -45,6 +58,20 @@ def feed_for(settings: Settings) -> FeedFactory:
         return Hub(stream_log, queue_size=settings.hub_queue_size, history_size=settings.hub_history_size)
 
     return hub
+
+
+def tune_gc(gen0: int) -> None:
+    """Fewer garbage collections for a process whose heap is mostly long-lived: the hub keeps each followed run's
+    last `hub_history_size` entries, hundreds of thousands of small tracked objects that every older-generation
+    collection walks. Profiled at 200 runs x 1 viewer x 50 events/s, the collector took ~15 % of the gateway's CPU
+    with Python's defaults (a young collection every 700 allocations, and a full walk every few hundred of those).
+    `gc.freeze()` takes what start-up allocated out of every collection; a larger young threshold makes all of them
+    rarer (the older thresholds count young collections, so they scale with it). Reference cycles are still found;
+    only later."""
+    gc.freeze()
+    if gen0 > 0:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0, gen1, gen2)
 
 
 def create_app(
@@ -66,6 +93,7 @@ def create_app(
         app.state.runcast = GatewayState(conf, client, stream_log, arq_pool, feed, secret)
         sweeper = LostRunSweeper(stream_log, interval_s=conf.sweep_every_s).start()
         watch = PrimaryWatch([client, arq_pool]).start()  # Sentinel only: leave a demoted primary promptly
+        tune_gc(conf.gc_gen0)
         try:
             yield
         finally:
@@ -77,7 +105,7 @@ def create_app(
             if own_redis:
                 await client.aclose()
 
-    app = FastAPI(
+    app = GatewayApp(
         title="runcast gateway",
         summary="Durable, resumable streams of AI agent runs over SSE and WebSocket.",
         version="0.1.0",

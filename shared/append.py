@@ -13,11 +13,19 @@ one and is *not* ours (another writer appended first; only the run's worker appe
 foreign writer or a clock behind Redis's) is a `Conflict` that appends nothing; the caller picks later ids and sends
 again. `'*'` lets Redis choose (the one-off appends of gateways: they are never resent).
 
-Cost per run and call: HGET status, the XADDs, one HSET of `last_event_id`/`updated_at` (every viewer's connect
-reads them from the hash: the resume check must not cost a stream read per viewer). TTLs: `refresh_ttl` re-arms the
-retention period of both keys; a worker asks for it on a status change and now and then, not on every token (the
-EXPIRE pair cost about as much as the XADD). The end of a run always refreshes it, so the keys expire `retention_s`
-after the terminal event.
+Announcing. After its XADDs, a run's append publishes what it added on the run's live channel (`keys.live_channel`;
+SPUBLISH on a Redis Cluster), so gateways follow runs by subscription instead of reading every stream
+(`runcast.gateway.hub`). One message per run and call:
+    <the id the new entries follow>\n   then for each new entry:   <id> <type> <event byte length>\n<event JSON>
+A gateway that has the previous id takes the entries as they are; one that does not (it just subscribed, reconnected,
+or missed a message) reads the log after what it has (XRANGE): the stream stays the log and the source of truth, the
+message only saves the read. A resend announces only what it appended itself.
+
+Cost per run and call: HMGET status and last id, the XADDs, one PUBLISH, one HSET of `last_event_id`/`updated_at`
+(every viewer's connect reads them from the hash: the resume check must not cost a stream read per viewer). TTLs:
+`refresh_ttl` re-arms the retention period of both keys; a worker asks for it on a status change and now and then, not
+on every token (the EXPIRE pair cost about as much as the XADD). The end of a run always refreshes it, so the keys
+expire `retention_s` after the terminal event.
 """
 
 from __future__ import annotations
@@ -29,18 +37,18 @@ from typing import Any
 
 from redis.exceptions import NoScriptError
 
-from runcast.shared.keys import events_key, meta_key
+from runcast.shared.keys import events_key, live_channel, meta_key
 from runcast.shared.streaming import StreamingEvent, StreamingEventType
 
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
-# KEYS: events, meta of each run.  ARGV: maxlen, now, retention_s, then for each run: n, new status ('' keeps it),
-# ttl ('1' re-arms both keys' TTL), then n x (id, type, json); id '*' = Redis chooses.
+# KEYS: events, meta, live channel of each run.  ARGV: maxlen, now, retention_s, then for each run: n,
+# new status ('' keeps it), ttl ('1' re-arms both keys' TTL), then n x (id, type, json); id '*' = Redis chooses.
 # One reply per run: its last entry id (appended, or already there from an earlier send); 0 = the run has ended
 # (nothing appended); -1 = unknown run (no meta); {top} = an id is not after the log's last id `top` and that entry
 # is not ours (nothing appended).
-# Fast path per run: HGET status, the XADDs (the first one under pcall: it fails when its id is not after the log's
-# last entry, which sends us to `landed`), one HSET of the meta.
+# Fast path per run: HMGET status and last id, the XADDs (the first one under pcall: it fails when its id is not after
+# the log's last entry, which sends us to `landed`), one PUBLISH of what was added, one HSET of the meta.
 APPEND_LUA = """
 local function after(id, top)
   local ims, iseq = string.match(id, '^(%d+)-(%d+)$')
@@ -65,8 +73,21 @@ local function landed(events, n, at)
   return skip, top
 end
 
-local function append(events, meta, n, new_status, ttl, at)
-  local status = redis.call('HGET', meta, 'status')
+-- Publish the entries this call added (ids[k] holds the entry at ARGV[from_at + 3 * (k - 1)]), after `prev`.
+local function announce(channel, prev, ids, from_at)
+  if not prev or prev == '' then prev = '0-0' end
+  local parts = {prev, '\\n'}
+  for k = 1, #ids do
+    local i = from_at + 3 * (k - 1)
+    parts[#parts + 1] = ids[k] .. ' ' .. ARGV[i + 1] .. ' ' .. #ARGV[i + 2] .. '\\n'
+    parts[#parts + 1] = ARGV[i + 2]
+  end
+  redis.call('PUBLISH', channel, table.concat(parts))
+end
+
+local function append(events, meta, channel, n, new_status, ttl, at)
+  local head = redis.call('HMGET', meta, 'status', 'last_event_id')
+  local status, prev = head[1], head[2]
   if not status then return -1 end
   local explicit = ARGV[at] ~= '*'
   if status == 'completed' or status == 'failed' or status == 'cancelled' then
@@ -74,7 +95,8 @@ local function append(events, meta, n, new_status, ttl, at)
     return 0
   end
   local id
-  local from = 0
+  local from, first_new = 0, 0  -- the next entry to XADD; the first entry this call adds (what it announces)
+  local ids = {}
   if explicit then
     id = redis.pcall('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[at], 'type', ARGV[at + 1], 'event', ARGV[at + 2])
     if type(id) == 'table' and id.err then  -- not after the log's last entry: a resend, or someone else's entry
@@ -85,15 +107,18 @@ local function append(events, meta, n, new_status, ttl, at)
         if skip == 0 and after(ARGV[at], top) then return redis.error_reply(id.err) end  -- another failure
         return {top}
       end
-      from = skip
+      from, first_new, prev = skip, skip, top
     else
       from = 1
+      ids[1] = id
     end
   end
   for i = from, n - 1 do
     local k = at + 3 * i
     id = redis.call('XADD', events, 'MAXLEN', '~', ARGV[1], ARGV[k], 'type', ARGV[k + 1], 'event', ARGV[k + 2])
+    ids[#ids + 1] = id
   end
+  announce(channel, prev, ids, at + 3 * first_new)
   if new_status ~= '' then
     redis.call('HSET', meta, 'status', new_status, 'updated_at', ARGV[2], 'last_event_id', id)
   else
@@ -107,13 +132,20 @@ local function append(events, meta, n, new_status, ttl, at)
 end
 
 local replies, at = {}, 4
-for r = 1, #KEYS, 2 do
+for r = 1, #KEYS, 3 do
   local n = tonumber(ARGV[at])
-  replies[#replies + 1] = append(KEYS[r], KEYS[r + 1], n, ARGV[at + 1], ARGV[at + 2], at + 3)
+  replies[#replies + 1] = append(KEYS[r], KEYS[r + 1], KEYS[r + 2], n, ARGV[at + 1], ARGV[at + 2], at + 3)
   at = at + 3 + 3 * n
 end
 return replies
 """
+
+
+def append_script(sharded: bool) -> str:
+    """`APPEND_LUA` for a plain Redis (PUBLISH) or a Redis Cluster (SPUBLISH: the message stays on the shard that owns
+    the run's slot, where the gateways following the run subscribe with SSUBSCRIBE; Redis >= 7)."""
+    return APPEND_LUA.replace("'PUBLISH'", "'SPUBLISH'") if sharded else APPEND_LUA
+
 
 ENDED = 0
 UNKNOWN = -1
@@ -205,7 +237,7 @@ def script_call(appends: Sequence[RunAppend], maxlen: int, now: str, retention_s
     keys: list[str] = []
     args: list[Any] = [maxlen, now, retention_s]
     for append in appends:
-        keys += (events_key(append.run_id), meta_key(append.run_id))
+        keys += (events_key(append.run_id), meta_key(append.run_id), live_channel(append.run_id))
         args += (len(append.entries), append.status, "1" if append.refresh_ttl else "0")
         for entry in append.entries:
             args += entry

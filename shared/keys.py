@@ -13,6 +13,12 @@ def meta_key(run_id: str) -> str:
     return f"{PREFIX}:{{{run_id}}}:meta"
 
 
+def live_channel(run_id: str) -> str:
+    """The run's announce channel: the append script publishes every new entry on it (PUBLISH, or SPUBLISH on a
+    cluster, where the `{run_id}` tag puts it in the run's slot), so gateways follow runs without reading streams."""
+    return f"{PREFIX}:{{{run_id}}}:live"
+
+
 def heartbeat_key(run_id: str) -> str:
     """Worker liveness for a running run; a short TTL key refreshed while the agent runs."""
     return f"{PREFIX}:{{{run_id}}}:heartbeat"

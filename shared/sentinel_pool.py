@@ -73,8 +73,11 @@ class TrackingSentinelPool(SentinelConnectionPool):
         """Close every connection open to another node than `primary`; returns how many."""
         stale = [c for c in list(self.opened) if c.is_connected and (c.host, c.port) != primary]
         for connection in stale:
+            # nowait: do not wait for the stream to report itself closed. A connection whose socket another protocol
+            # took over (the hub's subscription reader, `runcast.gateway.hub.reader`) never does, and waiting for it
+            # stopped this watch for good after its first failover (found by tests/test_faults_failover.py).
             with contextlib.suppress(Exception):
-                await connection.disconnect()
+                await connection.disconnect(nowait=True)
         return len(stale)
 
 

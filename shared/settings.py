@@ -50,10 +50,13 @@ class Settings(BaseSettings):
     sse_ping_s: float = Field(15.0, gt=0, description="idle heartbeat period on SSE streams")
     queue_name: str = "runcast:queue"
     feed: Literal["hub", "direct"] = Field(
-        "hub", description="gateway read path: `hub` (one reader per run per process) or `direct` (one per viewer)"
+        "hub", description="gateway read path: `hub` (one live reader per process) or `direct` (one per viewer)"
     )
     hub_queue_size: int = Field(1024, ge=1, description="events a hub subscriber may hold before it is detached")
     hub_history_size: int = Field(2048, ge=0, description="events of each followed run the hub keeps in memory")
+    gc_gen0: int = Field(
+        50_000, ge=0, description="gateway: allocations between young garbage collections (0: Python's default, 700)"
+    )
 
     chunking: str = Field(
         "passthrough", description="default chunking policy of agents that set none: passthrough | size:N | sentence"

@@ -12,7 +12,6 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from runcast.shared.append import (
-    APPEND_LUA,
     ENDED,
     TERMINAL_STATUSES,
     UNKNOWN,
@@ -20,6 +19,7 @@ from runcast.shared.append import (
     IdClock,
     Reply,
     RunAppend,
+    append_script,
     parse_reply,
     run_calls,
     script_call,
@@ -110,8 +110,8 @@ class StreamLog:
         self.redis = redis
         self.maxlen = maxlen
         self.retention_s = retention_s
-        self._append = redis.register_script(APPEND_LUA)
         self._cluster = is_cluster(redis)
+        self._append = redis.register_script(append_script(self._cluster))  # PUBLISH, or SPUBLISH on a cluster
         self._create = redis.register_script(_CREATE_LUA)
 
     async def create_run(

@@ -20,6 +20,7 @@ from tests.support.redis_server import redis_server_available
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWERS = 20
+RUNS = 6  # the many-runs cell: 6 runs x 1 viewer
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,7 @@ def bench_run() -> tuple[str, dict]:
         pytest.skip("the benchmark needs a real redis-server (CI installs it)")
     args = [sys.executable, "-m", "bench.fanout", "--mode", "both", "--viewers", str(VIEWERS), "--idle-viewers", "0"]
     args += ["--duration", "1", "--rate", "10", "--burst-deliveries", "1000", "--phase-timeout", "30"]
+    args += ["--many-runs", str(RUNS), "--many-rate", "10", "--runs-sweep", "0"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
     return done.stdout, json.loads(done.stdout.strip().splitlines()[-1])
@@ -37,14 +39,27 @@ def test_bench_prints_the_tables_and_one_json_line(bench_run: tuple[str, dict]) 
     stdout, result = bench_run
     for heading in ("delivered/s", "p50 ms", "p99 ms", "cmds/ev", "KiB/viewer", "hub vs naive", "complete"):
         assert heading in stdout
+    for heading in ("many runs, one viewer each", "gw us/dlv", "redis us/ev", "reads/ev"):
+        assert heading in stdout
     assert result["bench"] == "fanout"
-    assert [(cell["mode"], cell["feed"]) for cell in result["cells"]] == [("hub", "hub"), ("naive", "direct")]
+    cells = [(cell["mode"], cell["feed"], cell["kind"]) for cell in result["cells"]]
+    assert cells == [
+        ("hub", "hub", "load"),
+        ("naive", "direct", "load"),
+        ("hub", "hub", "runs"),
+        ("naive", "direct", "runs"),
+    ]
 
 
 def test_every_viewer_receives_every_published_event_in_order(bench_run: tuple[str, dict]) -> None:
     _, result = bench_run
     for cell in result["cells"]:
         assert cell["ok"], cell
+        if cell["kind"] == "runs":  # R runs x 1 viewer, 10 events each, no burst
+            assert cell["connected"] == cell["complete"] == cell["runs"] == RUNS
+            assert cell["steady"]["deliveries"] == RUNS * 10 and "burst" not in cell
+            assert cell["steady"]["gateway_us_per_delivery"] > 0 and cell["steady"]["redis_us_per_event"] > 0
+            continue
         assert cell["connected"] == cell["complete"] == VIEWERS
         assert cell["problems"] == {} and cell["order_errors"] == 0
         steady, burst = cell["steady"], cell["burst"]
@@ -58,6 +73,8 @@ def test_bench_reports_latency_redis_commands_memory_and_cpu(bench_run: tuple[st
     _, result = bench_run
     for cell in result["cells"]:
         steady = cell["steady"]
+        assert steady["gateway_us_per_delivery"] > 0 and steady["redis_us_per_event"] > 0
+        assert steady["read_calls_per_event"] >= 0
         assert 0 <= steady["p50_ms"] <= steady["p99_ms"] <= steady["max_ms"]
         assert steady["redis_cmds"]["xadd"] >= steady["events"]  # the publish itself is counted
         assert steady["redis_cmds_per_event"] >= cell["publisher_cmds_per_event"] >= 2  # EVALSHA + its XADD at least

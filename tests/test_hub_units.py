@@ -13,14 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from runcast.gateway.hub.fanout import Hub, retrying
 from runcast.shared.ids import START_ID
 from runcast.shared.keys import events_key, meta_key
 from runcast.shared.redis_client import redis_from_url
 from runcast.shared.streamlog import Entry, Reset, StreamLog
-from tests.support.hub import collect, eventually, hub_metric, new_run, publish
+from tests.support.hub import collect, eventually, hub_metric, hub_stream_reads, new_run, publish
 from tests.support.redis_server import RedisServer
 
 HubFactory = Callable[..., Hub]
@@ -256,36 +255,40 @@ async def test_entries_trimmed_while_the_reader_was_cut_off_give_live_viewers_a_
 # -- the reader: woken on key set changes, one connection, stops with its last run ----------------------------------
 
 
-async def test_a_new_run_wakes_the_blocked_reader_with_client_unblock(make_hub: HubFactory, log: StreamLog):
-    hub = make_hub(block_ms=60_000)  # without a wake-up, run B would wait out A's minute-long XREAD
+async def test_a_run_joining_while_the_reader_follows_others_is_followed_at_once_on_the_same_connection(
+    make_hub: HubFactory, log: StreamLog
+):
+    hub = make_hub()
     run_a, run_b = await new_run(log), await new_run(log)
     viewer_a = asyncio.create_task(collect(hub.subscribe(run_a, START_ID)))
-    await eventually(lambda: hub.readers and next(iter(hub.readers.values())).client_id is not None)
-    await asyncio.sleep(0.1)  # the reader is blocked on A alone
+    await eventually(lambda: run_a in hub.runs and hub.runs[run_a].ready.is_set(), what="A joined")
+    (reader,) = hub.readers.values()
+    connection = reader.client_id
+    reads = hub_stream_reads()
     viewer_b = asyncio.create_task(collect(hub.subscribe(run_b, START_ID)))
     sent_b = await publish(log, run_b, 3)
     assert ids((await asyncio.wait_for(viewer_b, 5))[1]) == sent_b
-    assert next(iter(hub.readers.values())).unblock_supported
+    assert reader.client_id == connection and list(hub.readers.values()) == [reader]  # one SUBSCRIBE, same reader
+    assert hub_stream_reads() - reads == 1  # B's join (its tail); its events came with their announcements
     viewer_a.cancel()
 
 
-async def test_without_client_unblock_the_reader_falls_back_to_short_blocks(make_hub: HubFactory, log: StreamLog):
-    hub = make_hub(block_ms=60_000, fallback_block_ms=50)
-
-    async def unsupported(client_id: int, error: bool = False) -> int:
-        raise ResponseError("ERR unknown command 'CLIENT|UNBLOCK'")
-
-    hub.redis.client_unblock = unsupported  # type: ignore[method-assign]
-    run_a, run_b = await new_run(log), await new_run(log)
-    viewer_a = asyncio.create_task(collect(hub.subscribe(run_a, START_ID)))
-    await eventually(lambda: hub.readers and next(iter(hub.readers.values())).client_id is not None)
-    await asyncio.sleep(0.1)
-    viewer_b = asyncio.create_task(collect(hub.subscribe(run_b, START_ID)))
-    await eventually(lambda: not next(iter(hub.readers.values())).unblock_supported, what="fallback")
-    sent_b = await publish(log, run_b, 3)
-    sent_a = await publish(log, run_a, 2)
-    assert ids((await asyncio.wait_for(viewer_b, 70))[1]) == sent_b  # the first wait may be A's long block
-    assert ids((await asyncio.wait_for(viewer_a, 5))[1]) == sent_a
+async def test_entries_that_were_never_announced_are_read_from_the_log_in_order(
+    make_hub: HubFactory, log: StreamLog, redis: Redis
+):
+    """A writer that does not announce (an older worker), or a lost message: the next announcement names an entry
+    the hub does not have, so it reads the log after what it has; nothing is skipped or doubled."""
+    hub = make_hub()
+    run_id = await new_run(log)
+    viewer = asyncio.create_task(collect(hub.subscribe(run_id, START_ID)))
+    first = await publish(log, run_id, 2, end=False)
+    await eventually(lambda: hub.runs[run_id].cursor == first[-1], what="announced entries")
+    silent = [await redis.xadd(events_key(run_id), {"type": "chunk", "event": '{"type":"chunk"}'}) for _ in range(3)]
+    await redis.hset(meta_key(run_id), "last_event_id", silent[-1])
+    fills = hub_metric("runcast_hub_gap_fills_total")
+    rest = await publish(log, run_id, 2)
+    assert ids((await asyncio.wait_for(viewer, 5))[1]) == first + silent + rest
+    assert hub_metric("runcast_hub_gap_fills_total") == fills + 1
 
 
 def hub_tasks() -> list[asyncio.Task]:

@@ -1,12 +1,19 @@
-"""The gateway's fan-out hub: one multiplexed XREAD reader per process (per reader group) feeds every local viewer.
+"""The gateway's fan-out hub: one live reader per process (per shard on a cluster) feeds every local viewer.
 
 How a subscriber is served (the splice; the same for a first join and for a catch-up after lagging):
-1. attach to the run's live feed first, so whatever the reader gets from now on is buffered in the inbox;
+1. attach to the run's live feed first, so whatever the hub publishes from now on is buffered in the inbox;
 2. then read the backlog after the resume id: from the run's in-memory tail when it reaches back that far
    (no Redis read), else from Redis by XRANGE pages (after a `check_gap`, which may yield a Reset first);
-3. then deliver the inbox, dropping ids <= the last delivered one, and continue live.
-A subscriber whose inbox fills up is detached (the reader never waits for anyone), drains what it holds, and goes back
-to step 1 from its last delivered id: the log in Redis is the buffer, so it loses nothing and costs no one else.
+3. then deliver the inbox, dropping ids <= the last delivered one, and continue live: with a sink (an SSE viewer
+   on uvicorn) the run's pass writes to the viewer's connection itself from then on; else the inbox, batch by batch.
+A subscriber whose inbox fills up, or whose connection is backed up, is detached (the hub never waits for anyone),
+drains what it holds, and goes back to step 1 from its last delivered id: the log in Redis is the buffer, so it loses
+nothing and costs no one else.
+
+How a run is followed: its first viewer makes it join. The run's live channel is subscribed first (`reader.py`), then
+one XREVRANGE loads its last `history_size` entries; announcements that came meanwhile are checked against that tail.
+From then on the run costs no read: the append script announces every entry. The log is read again only to fill a gap
+(`gaps.py`). A run leaves when its terminal entry is published or its last viewer goes.
 """
 
 from __future__ import annotations
@@ -19,22 +26,20 @@ from functools import partial
 from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
-from redis.asyncio.connection import AbstractConnection
 
 from runcast.gateway import metrics
-from runcast.gateway.hub.reader import StreamReader
+from runcast.gateway.hub.gaps import GapFiller, QuietRuns
+from runcast.gateway.hub.reader import PING_S, LiveReader
+from runcast.gateway.hub.routing import routing_for
 from runcast.gateway.hub.run import RunFeed
-from runcast.gateway.hub.subscriber import Subscriber
-from runcast.shared.cluster import ClusterReaders, run_slot
-from runcast.shared.ids import START_ID
-from runcast.shared.keys import meta_key
+from runcast.gateway.hub.subscriber import Sink, Subscriber
+from runcast.shared.ids import START_ID, entry_key
 from runcast.shared.resilience import Backoff, retry_transient
 from runcast.shared.streamlog import Entry, Reset, StreamLog, to_entries
 
 log = logging.getLogger("runcast.hub")
 
 Batch = list[Entry] | Reset
-GroupKey = Callable[[str], Hashable]
 T = TypeVar("T")
 
 
@@ -48,13 +53,9 @@ def retrying(call: Callable[[], Awaitable[T]]) -> Awaitable[T]:
     return retry_transient(call, Backoff(RETRY_S, cap_s=2.0))
 
 
-def single_group(run_id: str) -> Hashable:
-    """Plain Redis: every key can go in one XREAD. (Cluster: group by node or slot so each XREAD stays in one.)"""
-    return "main"
-
-
 class Hub:
-    """`EventFeed` over one reader per group; Redis connections: one per reader + at most `max_connections` pooled."""
+    """`EventFeed` over one live reader per group; Redis connections: one per reader + at most `max_connections`
+    pooled (joins, backlog reads, gap fills, catch-ups), whatever the number of viewers and runs."""
 
     def __init__(
         self,
@@ -64,47 +65,46 @@ class Hub:
         history_size: int = 2048,
         page_size: int = 500,
         max_connections: int = 8,
-        block_ms: int = 10_000,
-        fallback_block_ms: int = 100,
         idle_check_s: float = 30.0,
-        group_key: GroupKey = single_group,
+        ping_s: float = PING_S,
     ) -> None:
-        self._cluster: ClusterReaders | None = None
-        if isinstance(stream_log.redis, RedisCluster):  # one group per slot: a cluster XREAD cannot span slots
-            self._cluster = ClusterReaders(stream_log.redis)
+        self.routing = routing_for(stream_log.redis)
+        if isinstance(stream_log.redis, RedisCluster):
             self.redis = stream_log.redis  # single-slot commands only; the app owns (and closes) this client
             self.log = stream_log
-            group_key = run_slot
         else:
             base = stream_log.redis.connection_pool
-            self._conn_class = base.connection_class
-            self._conn_kwargs = dict(base.connection_kwargs)
             pool = BlockingConnectionPool(
                 max_connections=max_connections,
                 timeout=None,
-                connection_class=self._conn_class,
-                **{**self._conn_kwargs, "client_name": "runcast-hub"},
+                connection_class=base.connection_class,
+                **{**base.connection_kwargs, "client_name": "runcast-hub"},
             )
             self.redis = Redis(connection_pool=pool)
             self.log = StreamLog(self.redis, maxlen=stream_log.maxlen, retention_s=stream_log.retention_s)
         self.queue_size = queue_size
         self.history_size = history_size
         self.page_size = page_size
-        self.block_ms = block_ms
-        self.fallback_block_ms = fallback_block_ms
         self.idle_check_s = idle_check_s
-        self.group_key = group_key
+        self.ping_s = ping_s
         self.runs: dict[str, RunFeed] = {}
-        self.readers: dict[Hashable, StreamReader] = {}
-        self._retired: set[StreamReader] = set()
+        self.readers: dict[Hashable, LiveReader] = {}
+        self.gaps = GapFiller(
+            self.log, page_size=page_size, flush=self.flush, followed=self._followed, concurrency=max_connections
+        )
+        self._quiet = QuietRuns(self.log, self.gaps)
+        self._retired: set[LiveReader] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._janitor: asyncio.Task[None] | None = None
         self._closed = False
 
     # -- EventFeed -------------------------------------------------------------------------------------------------
 
-    async def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
+    async def subscribe(self, run_id: str, after_id: str, sink: Sink | None = None) -> AsyncIterator[Batch]:
+        """Batches after `after_id`; with a `sink`, the live part is written to it by the hub instead (see the
+        module docstring), and the iterator only yields what the viewer's own task must send (backlog, catch-up)."""
         run = await self._join(run_id)
-        subscriber = Subscriber(self.queue_size)
+        subscriber = Subscriber(self.queue_size, sink)
         run.subscribers.add(subscriber)
         metrics.SUBSCRIBERS.inc()
         try:
@@ -112,21 +112,22 @@ class Hub:
                 yield batch
         finally:
             metrics.SUBSCRIBERS.dec()
+            subscriber.direct = False
             run.subscribers.discard(subscriber)
             self._leave(run)
 
     async def close(self) -> None:
         self._closed = True
-        tasks = [reader.stop() for reader in [*self.readers.values(), *self._retired]]
+        readers = [*self.readers.values(), *self._retired]
         self.readers.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self._janitor is not None:
-            self._janitor.cancel()
+        await asyncio.gather(*(reader.stop() for reader in readers), return_exceptions=True)
+        await self.gaps.close()
+        for task in [*self._tasks, *([self._janitor] if self._janitor else [])]:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._janitor
-        if self._cluster is not None:
-            await self._cluster.aclose()
-        else:
+                await task
+        await self.routing.aclose()
+        if not isinstance(self.redis, RedisCluster):
             await self.redis.aclose(close_connection_pool=True)
 
     # -- serving one subscriber ------------------------------------------------------------------------------------
@@ -166,10 +167,23 @@ class Hub:
                     continue
                 if sub.lagging or run.ended_at(last):
                     break
+                if self._can_go_direct(run, sub, last):
+                    sub.go_direct(last)  # the run's pass writes to the connection from now on
+                    await sub.wait()  # until it hands back: lagging, closed, terminal, gap or expiry
+                    last = sub.last_id
+                    if sub.closed:
+                        return
+                    continue
                 await sub.wait()
             if run.ended_at(last) and not sub.lagging:
                 return
             metrics.CATCHUPS.inc()
+
+    @staticmethod
+    def _can_go_direct(run: RunFeed, sub: Subscriber, last: str) -> bool:
+        """Level with the run (nothing published after `last` that the viewer lacks) and a sink that can write."""
+        sink = sub.sink
+        return sink is not None and sink.ready and sub.attached and entry_key(last) >= run.cursor_key
 
     async def _backlog_from_redis(self, run: RunFeed, last: str) -> AsyncIterator[Batch]:
         """Reset (when `last` was trimmed), then every entry after `last` up to the stream's end, in pages."""
@@ -191,7 +205,7 @@ class Hub:
                     yield tail
                 return
 
-    # -- runs joining and leaving the readers ----------------------------------------------------------------------
+    # -- runs joining and leaving ----------------------------------------------------------------------------------
 
     async def _join(self, run_id: str) -> RunFeed:
         if self._closed:
@@ -210,10 +224,15 @@ class Hub:
             if isinstance(run.join_error, asyncio.CancelledError):
                 return await self._join(run_id)  # the viewer doing the join went away, not Redis: join afresh
             raise run.join_error
-        run = RunFeed(run_id, self.group_key(run_id), self.history_size)
+        run = RunFeed(run_id, self.routing.group_of(run_id), self.history_size)
         run.refs = 1
         self.runs[run_id] = run
         try:
+            self._reader_for(run.group).add(run)  # subscribe first: whatever is appended from now on is announced
+            async with asyncio.timeout(RETRY_S):
+                await run.subscribed.wait()
+            if run.subscribe_error is not None:
+                raise run.subscribe_error
             floor, tail = await retrying(partial(self._stream_tail, run))
         except BaseException as exc:
             run.join_error = exc
@@ -221,10 +240,14 @@ class Hub:
             run.refs -= 1
             if self.runs.get(run_id) is run:
                 del self.runs[run_id]
+            self._unfollow(run)
             raise
-        run.start_with(floor, tail)
-        if not run.ended:
-            self._reader_for(run.group).add(run)
+        if run.start_with(floor, tail):
+            self.gaps.request(run)  # an announcement during the join skipped ahead of the tail
+        self.gaps.resume(run)  # a resubscribe during the join asked for a read
+        self.flush(run)
+        if run.ended:
+            self._unfollow(run)
         run.ready.set()
         self._ensure_janitor()
         return run
@@ -249,6 +272,10 @@ class Hub:
             del self.runs[run.run_id]
         self._unfollow(run)
 
+    def _followed(self, run: RunFeed) -> bool:
+        reader = self.readers.get(run.group)
+        return reader is not None and reader.runs.get(run.channel) is run
+
     def _unfollow(self, run: RunFeed) -> None:
         reader = self.readers.get(run.group)
         if reader is None:
@@ -258,71 +285,93 @@ class Hub:
             del self.readers[run.group]
             self._retire(reader)
 
-    def _reader_for(self, group: Hashable) -> StreamReader:
+    def _reader_for(self, group: Hashable) -> LiveReader:
         reader = self.readers.get(group)
         if reader is None:
-            reader = StreamReader(
-                group,
-                partial(self._reader_connection, group),
-                self.redis if self._cluster is None else self._cluster.control_for_slot(group),  # type: ignore[arg-type]
-                self._on_entries,
-                on_recovered=self._on_recovered,
-                block_ms=self.block_ms,
-                fallback_block_ms=self.fallback_block_ms,
-            )
+            connect = partial(self.routing.connection, group)
+            reader = LiveReader(group, connect, self, sharded=self.routing.sharded, ping_s=self.ping_s)
             self.readers[group] = reader
             reader.start()
         return reader
 
-    def _retire(self, reader: StreamReader) -> None:
+    def _retire(self, reader: LiveReader) -> None:
         reader.retire()
         self._retired.add(reader)
         if reader.task is not None:
             reader.task.add_done_callback(lambda _task: self._retired.discard(reader))
 
-    def _reader_connection(self, group: Hashable) -> AbstractConnection:
-        """A dedicated connection for one reader (outside the pool: it blocks for seconds at a time)."""
-        # reads carry their own timeout (BLOCK + margin), hence no socket timeout
-        overrides = {"client_name": "runcast-hub-reader", "health_check_interval": 0, "socket_timeout": None}
-        if self._cluster is not None:  # on the slot's current primary; a reconnect re-reads the slot map first
-            return self._cluster.connection_for_slot(group, **overrides)  # type: ignore[arg-type]
-        return self._conn_class(**{**self._conn_kwargs, **overrides})
+    # -- what the readers tell the hub (reader.ReaderHost) ---------------------------------------------------------
 
-    async def _on_recovered(self, runs: list[RunFeed]) -> None:
-        """After the reader lost Redis: entries trimmed after a run's cursor meanwhile would be skipped silently by
-        XREAD, so check each run that has news and send its viewers through catch-up (then `reset`) on a gap."""
-        for run in runs:
-            reset = await self.log.check_gap(run.run_id, run.cursor)
-            if reset is not None:
-                log.warning("run %s: entries after %s were trimmed while Redis was unreachable", run.run_id, run.cursor)
-                run.restart_after_gap(reset.first_available)
-
-    def _on_entries(self, run: RunFeed, entries: list[Entry]) -> None:
-        run.publish(entries)
-        if run.ended:
+    def flush(self, run: RunFeed) -> None:
+        """Publish what `run` accepted; a run whose terminal entry is published leaves its reader."""
+        if run.flush() and run.ended:
             self._unfollow(run)
 
-    # -- runs that expire while followed ---------------------------------------------------------------------------
+    def gap(self, run: RunFeed, *, check_trim: bool) -> None:
+        self.gaps.request(run, check_trim=check_trim)
+
+    def refused(self, run: RunFeed, error: Exception | None) -> None:
+        """The subscription failed or was dropped: on a cluster the slot moved, so re-route the run; elsewhere (an
+        ACL refusing the channel...) its join fails, or, once joined, the quiet-run check keeps it going slowly."""
+        if not self.routing.sharded:
+            log.error("hub: the live channel of run %s was refused: %r", run.run_id, error)
+            if error is not None and not run.ready.is_set():  # fail the join now rather than at its timeout
+                run.subscribe_error = error
+                run.subscribed.set()
+            return
+        self._spawn(self._reroute([run]), f"runcast-hub-reroute-{run.run_id}")
+
+    def reader_failed(self, reader: LiveReader) -> None:
+        if self.routing.sharded and reader.runs:  # the node may have failed over: re-route what moved
+            self._spawn(self._reroute(list(reader.runs.values())), f"runcast-hub-reroute-{reader.group}")
+
+    async def _reroute(self, runs: list[RunFeed]) -> None:
+        try:
+            await self.routing.refresh()
+        except Exception as exc:  # the reader retries; the next failure asks again
+            log.warning("hub: could not refresh the cluster's slot map (%r)", exc)
+            return
+        for run in runs:
+            group = self.routing.group_of(run.run_id)
+            if not self._followed(run) or group == run.group:
+                continue
+            self._unfollow(run)
+            run.group = group
+            run.subscribed.clear()
+            self._reader_for(group).add(run)  # confirmed there: a gap fill (with the trim check) follows
+
+    def _spawn(self, coro: Awaitable[None], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- quiet runs: expiry, and the safety net for lost announcements ---------------------------------------------
 
     def _ensure_janitor(self) -> None:
         if self._janitor is None or self._janitor.done():
-            self._janitor = asyncio.create_task(self._sweep_expired(), name="runcast-hub-janitor")
+            self._janitor = asyncio.create_task(self._sweep_quiet(), name="runcast-hub-janitor")
 
-    async def _sweep_expired(self) -> None:
-        """A run that goes quiet may have expired (retention) without a terminal entry: then end its viewers."""
+    async def _sweep_quiet(self) -> None:
+        """A run that goes quiet may have expired (retention) without a terminal entry: then end its viewers. And
+        its meta may show an entry the hub never heard of: then read the log."""
         loop = asyncio.get_running_loop()
         while self.runs:
             await asyncio.sleep(self.idle_check_s)
-            for run in list(self.runs.values()):
-                if run.ended or run.expired or loop.time() - run.last_activity < self.idle_check_s:
-                    continue
-                try:
-                    exists = await self.redis.exists(meta_key(run.run_id))
-                except Exception as exc:
-                    log.warning("hub: expiry check failed: %r", exc)
-                    continue
-                if exists:
-                    run.last_activity = loop.time()
-                else:
-                    run.expire()
-                    self._unfollow(run)
+            quiet = [
+                run
+                for run in self.runs.values()
+                if run.started and not run.ended and not run.expired
+                if loop.time() - run.last_activity >= self.idle_check_s
+            ]
+            try:
+                expired = await self._quiet.check(quiet)
+            except Exception as exc:
+                log.warning("hub: quiet-run check failed: %r", exc)
+                continue
+            now = loop.time()
+            for run in quiet:
+                run.last_activity = now
+            for run in expired:
+                run.expire()
+                self._unfollow(run)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from typing import Protocol, TypeVar
 
+from runcast.gateway.hub.subscriber import Sink
 from runcast.shared.resilience import Backoff, retry_transient
 from runcast.shared.streamlog import TERMINAL_STATUSES, Entry, Reset, StreamLog
 
@@ -20,9 +21,12 @@ T = TypeVar("T")
 
 
 class EventFeed(Protocol):
-    def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
+    def subscribe(self, run_id: str, after_id: str, sink: Sink | None = None) -> AsyncIterator[Batch]:
         """Yield a Reset (at most once, first) when `after_id` was trimmed, then batches of entries after
-        `after_id` in order, with no gap and no duplicate; stop after the batch holding the terminal entry."""
+        `after_id` in order, with no gap and no duplicate; stop after the batch holding the terminal entry.
+
+        A feed may write live batches to `sink` itself instead of yielding them (the hub does; see
+        `hub/subscriber.py`): the caller sends what is yielded, and the sink's connection gets the rest."""
         ...
 
     async def close(self) -> None: ...
@@ -44,7 +48,8 @@ class DirectFeed:
         self.backlog_count = backlog_count
         self.retry_s = retry_s
 
-    async def subscribe(self, run_id: str, after_id: str) -> AsyncIterator[Batch]:
+    async def subscribe(self, run_id: str, after_id: str, sink: Sink | None = None) -> AsyncIterator[Batch]:
+        """`sink` is ignored: the naive baseline sends every batch through its viewer's own task."""
         backoff = Backoff(self.retry_s)
         log = self.stream_log
 

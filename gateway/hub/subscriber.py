@@ -1,44 +1,91 @@
-"""One viewer's bounded inbox in the hub.
+"""One viewer in the hub: a bounded inbox, or (when its connection allows it) direct writes by the hub.
 
-The reader offers each new batch of a run to every attached subscriber without ever waiting: when the inbox would
-overflow, the subscriber is marked lagging instead (and the hub detaches it from the live feed). Nothing is dropped
-silently: a lagging subscriber first drains what it holds, then catches up from the log after its last delivered id.
+A subscriber is fed in one of two ways, never both at once:
+- **inbox** (any viewer; the only way for a WebSocket or a server the hub cannot write to): the run's one pass
+  `offer`s new entries, the viewer's own task wakes, takes them as one batch and sends them itself;
+- **direct** (an SSE viewer on uvicorn, once it is level with the run): the run's one pass hands the entries, encoded
+  once per format, to the viewer's `Sink`, which writes them to its socket right there. No task wakes per viewer.
+
+Either way the hub never waits for anyone. An inbox that would overflow, or a sink that cannot take more (its
+transport is backed up), marks the subscriber lagging instead: its task takes over again, catches up from memory or
+the log after its last delivered id (the log in Redis is the buffer), and goes back to live. Nothing is dropped
+silently and no one else is delayed.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from runcast.shared.ids import entry_key
+from runcast.shared.ids import START_ID, entry_key
 from runcast.shared.streamlog import Entry
+
+Encode = Callable[[Sequence[Entry]], bytes]
+"""A wire format: how entries become the bytes of one write (per-entry encodings cached by the format)."""
+
+
+class Sink(Protocol):
+    """Where the hub writes a live viewer's entries itself (`runcast.gateway.wire.direct.DirectSink` for SSE).
+
+    `encode` is the viewer's format: subscribers with the same `encode` get the same bytes, encoded once per pass.
+    `ready`: the hub may start writing to it now (bound to a connection that is open and not backed up; while it is
+    not, the viewer's own task sends, and waits for the connection to drain). `write` must not block: True when
+    the bytes were taken; False when the connection cannot take more now (backed up: the hub detaches the
+    subscriber to catch-up) or is gone (`closed`: the subscriber ends)."""
+
+    encode: Encode
+
+    @property
+    def ready(self) -> bool: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+    def write(self, data: bytes) -> bool: ...
 
 
 class Subscriber:
-    """Wake-ups use a bare future made only while the subscriber waits, not an `asyncio.Event`: the reader's
-    `offer` to N subscribers is a hot loop (the Event's set/wait/clear cost showed in profiles). Same semantics:
-    a wake while the subscriber is not waiting makes its next `wait()` return at once."""
+    """Wake-ups use a bare future made only while the subscriber waits, not an `asyncio.Event`: the run's pass over
+    N subscribers is a hot loop (the Event's set/wait/clear cost showed in profiles). Same semantics: a wake while
+    the subscriber is not waiting makes its next `wait()` return at once."""
 
-    __slots__ = ("_inbox", "_waiter", "_woken", "attached", "lagging", "max_queue")
+    __slots__ = (
+        "_inbox",
+        "_waiter",
+        "_woken",
+        "attached",
+        "closed",
+        "direct",
+        "lagging",
+        "last_id",
+        "last_key",
+        "max_queue",
+        "sink",
+    )
 
-    def __init__(self, max_queue: int) -> None:
+    def __init__(self, max_queue: int, sink: Sink | None = None) -> None:
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.max_queue = max_queue
+        self.sink = sink
         self._inbox: list[Entry] = []
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False
         self.attached = False
         self.lagging = False
+        self.direct = False  # the run writes to `sink` itself; `last_id` is what it last wrote
+        self.closed = False  # the sink's connection is gone: nothing more to send
+        self.last_id = START_ID
+        self.last_key = (0, 0)
 
     def __len__(self) -> int:
         return len(self._inbox)
 
     def offer(self, entries: list[Entry]) -> bool:
-        """Called by the reader: queue `entries`, or (inbox full) mark this subscriber lagging and return False."""
+        """Called by the run's pass: queue `entries`, or (inbox full) mark this subscriber lagging; False then."""
         if len(self._inbox) + len(entries) > self.max_queue:
-            self.lagging = True
-            self.attached = False
-            self.wake()
+            self.detach(lagging=True)
             return False
         self._inbox.extend(entries)
         self.wake()
@@ -49,6 +96,47 @@ class Subscriber:
         self._inbox.clear()
         self.attached = True
         self.lagging = False
+
+    def go_direct(self, last_id: str) -> None:
+        """From now on the run's pass writes to the sink itself, starting after `last_id` (the inbox is empty)."""
+        self.last_id = last_id
+        self.last_key = entry_key(last_id)
+        self.direct = True
+
+    def detach(self, *, lagging: bool) -> None:
+        """Stop feeding this subscriber live (lagging: it catches up from its last delivered id); wake its task."""
+        self.attached = False
+        self.direct = False
+        if lagging:
+            self.lagging = True
+        self.wake()
+
+    def write_direct(
+        self, entries: list[Entry], keys: list[tuple[int, int]], data: bytes | None, terminal: bool
+    ) -> int:
+        """Called by the run's pass for a direct subscriber: write `entries` (encoded as `data` for every direct
+        subscriber of this format, or None to encode here; `terminal`: the last one ends the run) to the sink.
+        Returns how many entries were delivered."""
+        sink = self.sink
+        assert sink is not None
+        if keys[0] <= self.last_key:  # it delivered some of these already (its backlog ran ahead of the reader)
+            keep = [i for i, key in enumerate(keys) if key > self.last_key]
+            if not keep:
+                return 0
+            entries, keys, data = [entries[i] for i in keep], [keys[i] for i in keep], None
+        if data is None:
+            data = sink.encode(entries)
+        if not sink.write(data):
+            if sink.closed:
+                self.closed = True
+            self.detach(lagging=not self.closed)
+            return 0
+        self.last_id = entries[-1].id
+        self.last_key = keys[-1]
+        if terminal:  # nothing can follow: let its task finish the stream
+            self.direct = False
+            self.wake()
+        return len(entries)
 
     def take_after(self, last_id: str) -> list[Entry]:
         """Everything queued, as one batch, minus what was already delivered (the splice's overlap)."""

@@ -14,7 +14,8 @@ from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
 from runcast.gateway.routes.runs import load_meta
 from runcast.gateway.schemas import READ_ERRORS, error_responses
 from runcast.gateway.state import GatewayState, get_state
-from runcast.gateway.wire.frames import sse_batch, sse_reset_frame, ws_message, ws_reset_message
+from runcast.gateway.wire.direct import DirectSink
+from runcast.gateway.wire.frames import sse_batch, sse_live, sse_reset_frame, ws_message, ws_reset_message
 from runcast.gateway.wire.sse_response import SSEResponse, open_streams
 from runcast.shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
 from runcast.shared.streamlog import Reset
@@ -35,9 +36,12 @@ def start_point(meta: dict[str, str], requested: str | None) -> str:
     return requested
 
 
-async def sse_stream(state: GatewayState, run_id: str, after_id: str) -> AsyncIterator[bytes]:
-    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes)."""
-    async with aclosing(state.feed.subscribe(run_id, after_id)) as batches:
+async def sse_stream(
+    state: GatewayState, run_id: str, after_id: str, sink: DirectSink | None = None
+) -> AsyncIterator[bytes]:
+    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes). With a
+    `sink`, the hub writes live batches to the connection itself; this yields what the response must send."""
+    async with aclosing(state.feed.subscribe(run_id, after_id, sink=sink)) as batches:
         async for batch in batches:
             yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
 
@@ -79,8 +83,12 @@ async def run_events(
     connection open (RUNCAST_SSE_PING_S). A resume id older than anything kept gets an `event: reset` first."""
     meta = await load_meta(state, run_id)
     after_id = start_point(meta, last_event_id)
+    sink = DirectSink(sse_live)  # the wire format (as sse_batch); another format brings its own encode
     return SSEResponse(
-        sse_stream(state, run_id, after_id), ping_s=state.settings.sse_ping_s, streams=open_streams(request.app)
+        sse_stream(state, run_id, after_id, sink),
+        ping_s=state.settings.sse_ping_s,
+        streams=open_streams(request.app),
+        sink=sink,
     )
 
 

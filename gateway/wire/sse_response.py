@@ -10,7 +10,9 @@ every send is one plain `http.response.body` message, and the constant frames ar
 this class: ~29 KiB per idle viewer (5,000 idle viewers, hub).
 
 Frames are encoded elsewhere (`runcast.gateway.wire.frames`, with sse-starlette's `ServerSentEvent`); this module only
-moves bytes.
+moves bytes. With a `sink` (`runcast.gateway.wire.direct.DirectSink`), the hub writes the live frames to the connection
+itself once the viewer is level with its run; the `frames` iterator then only yields what this response must send
+itself (backlog, catch-up), and the heartbeat keeps counting from whichever wrote last.
 
 Ending a stream from outside (the viewer went away, the server shuts down) cancels the handler's task with a marker
 and takes the cancellation back (`Task.uncancel`, as `asyncio.timeout` does): wherever the task waits (usually inside
@@ -34,6 +36,8 @@ from sse_starlette.sse import AppStatus
 from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
+
+from runcast.gateway.wire.direct import DirectSink
 
 PING_FRAME = b": ping\n\n"
 """The heartbeat (SPEC §6): an SSE comment, ignored by every client."""
@@ -136,10 +140,12 @@ class SSEResponse(Response):
         streams: OpenStreams | None = None,
         retry_ms: int | None = RETRY_MS,
         headers: Mapping[str, str] | None = None,
+        sink: DirectSink | None = None,
     ) -> None:
         if ping_s <= 0:
             raise ValueError("ping_s must be positive")
         self.frames = frames
+        self.sink = sink
         self.ping_s = ping_s
         self.streams = streams
         self.status_code = 200
@@ -151,6 +157,18 @@ class SSEResponse(Response):
         self._ended = False  # `end()` was called: the interruption is ours, not someone else's cancellation
         self._sending = False  # the handler is inside send(): the heartbeat is not needed now
         self._last_send = 0.0
+
+    def _take_first(self) -> bytes:
+        """The `retry:` line if no frame has gone yet (by this response or by the hub through the sink), once."""
+        first, self._first = self._first, b""
+        if self.sink is not None and self.sink.bound:
+            first, self.sink.prefix = self.sink.prefix, b""
+        return first
+
+    def _last_write(self) -> float:
+        """When bytes last went out: sent by this response, or written by the hub through the sink."""
+        sink = self.sink
+        return max(self._last_send, sink.last_write) if sink is not None and sink.bound else self._last_send
 
     def end(self) -> None:
         """Stop streaming now (from another task or a callback): the handler closes `frames` and ends the body."""
@@ -169,6 +187,8 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             self._last_send = loop.time()
+            if self.sink is not None:
+                self.sink.bind(scope, prefix=self._first)
             if self.streams is not None:
                 if self.streams.closing:
                     self._ended = True
@@ -178,8 +198,9 @@ class SSEResponse(Response):
                 self._task = task
                 try:
                     async for frame in frames:
-                        if self._first:
-                            frame, self._first = self._first + frame, b""
+                        first = self._take_first()
+                        if first:
+                            frame = first + frame
                         self._sending = True
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
                         self._sending = False
@@ -192,6 +213,8 @@ class SSEResponse(Response):
                     self._task = None
                     self._sending = False
         finally:
+            if self.sink is not None:
+                self.sink.unbind()
             if self.streams is not None:
                 self.streams.discard(self)
             if helper is not None:
@@ -210,7 +233,7 @@ class SSEResponse(Response):
 
         A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send()."""
         while True:
-            due = self._last_send + self.ping_s
+            due = self._last_write() + self.ping_s
             if loop.time() >= due:
                 if not self._sending:
                     await send(_PING)
