@@ -20,6 +20,10 @@ from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sentinel import SentinelTrio
 from tests.support.stack import Stack, running_stack
 
+# jaf-py imports litellm, which fetches a price list from GitHub at import (three retries offline, ~10 s) unless told
+# not to; tests import jaf directly too (tests/support/jaf_agents.py), and the processes they start inherit this.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
 _FAKE_NOTICE = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
 !! runcast tests: no redis-server on PATH and no RUNCAST_TEST_REDIS_URL.                              !!

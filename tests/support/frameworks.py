@@ -1,10 +1,11 @@
 """The end-to-end checks every framework adapter must pass, through a real gateway, a real worker and a real Redis.
 
-An adapter's test module describes its framework with a `FrameworkCase` (the registry its worker loads, the agent
-name, how to get the framework's own final output) and calls the checks; its fake model speaks the scripted model
+Each framework is described by a `FrameworkCase` (the registry its worker loads, the agent name, how to get the
+framework's own final output), and `tests/test_adapters_e2e.py` runs every check for every framework against one
+gateway and one worker that serve all the frameworks' agents; each fake model speaks the scripted model
 (`tests.support.scripted_model`), so every check knows what the model does and when:
 
-    CASE = FrameworkCase(agent="jaf_support", registry="tests.support.jaf_agents:registry",
+    CASE = FrameworkCase(agent="jaf_support", registry="tests.support.framework_agents:registry",
                          final_output=jaf_agents.direct_output)
 
     @pytest.fixture(scope="module")

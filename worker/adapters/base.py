@@ -20,10 +20,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
@@ -78,6 +79,24 @@ async def with_framework_errors(
     except Exception as exc:
         log.info("run %s: the framework failed: %s", run.run_id, describe(exc))
         yield run.error(error_type, describe(exc))
+
+
+def field_of(value: Any, name: str) -> Any:
+    """`value[name]` or `value.name`: frameworks hand the same data over as dicts (`asdict`, TypedDicts) or as
+    objects (dataclasses, pydantic models), depending on the event."""
+    if isinstance(value, Mapping):
+        return value.get(name)
+    return getattr(value, name, None)
+
+
+def maybe_json(value: Any) -> Any:
+    """Tool arguments or results that arrive as JSON text, decoded; anything else (or text that is not JSON) as is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 _DONE = object()
@@ -165,6 +184,8 @@ __all__ = [
     "TextSoFar",
     "ToolClock",
     "describe",
+    "field_of",
+    "maybe_json",
     "require_extra",
     "with_framework_errors",
 ]

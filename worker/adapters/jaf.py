@@ -27,7 +27,6 @@ run), so they appear only as the parent's TOOL_CALL / TOOL_RESULT. Cancelling th
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -39,6 +38,8 @@ from runcast.worker.adapters.base import (
     RunEvents,
     TextSoFar,
     ToolClock,
+    field_of,
+    maybe_json,
     require_extra,
     with_framework_errors,
 )
@@ -152,7 +153,7 @@ class JafAgent:
                     if event.is_terminal:
                         return
         # jaf's run() always reports its end; if it ever does not, its result still decides how the run ends
-        for event in translate.outcome(_field(bridge.result, "outcome")):
+        for event in translate.outcome(field_of(bridge.result, "outcome")):
             yield event
 
     def _on_event(self, bridge: CallbackStream[Any]) -> Callable[[Any], None]:
@@ -193,7 +194,7 @@ class Translator:
 
     def __call__(self, event: Any) -> list[StreamingEvent]:
         kind, data = getattr(event, "type", ""), getattr(event, "data", None)
-        run_id = _field(data, "run_id")
+        run_id = field_of(data, "run_id")
         if run_id is not None and str(run_id) != self.run_id:
             if kind == "run_start":
                 self.sub_runs.add(str(run_id))
@@ -208,21 +209,21 @@ class Translator:
     def _llm_call_start(self, data: Any) -> list[StreamingEvent]:
         self.run.new_turn()
         self.text.reset()
-        self.run.model_name = self.model_for(str(_field(data, "agent_name") or self.run.agent_name))
+        self.run.model_name = self.model_for(str(field_of(data, "agent_name") or self.run.agent_name))
         return []
 
     def _assistant_message(self, data: Any) -> list[StreamingEvent]:
-        return self._text(_text_of(_field(_field(data, "message"), "content")))
+        return self._text(_text_of(field_of(field_of(data, "message"), "content")))
 
     def _llm_call_end(self, data: Any) -> list[StreamingEvent]:
-        usage = _field(data, "usage") or {}
-        total = _field(usage, "total_tokens")
+        usage = field_of(data, "usage") or {}
+        total = field_of(usage, "total_tokens")
         if total is None and usage:
-            total = (_field(usage, "prompt_tokens") or 0) + (_field(usage, "completion_tokens") or 0)
+            total = (field_of(usage, "prompt_tokens") or 0) + (field_of(usage, "completion_tokens") or 0)
         self.run.add_tokens(total)
         # A provider without get_completion_stream (or jaf's fallback after a failed stream): the turn's text
         # arrives whole here, or completes what was streamed (nothing new when everything was streamed).
-        return self._text(_text_of(_field(_field(_field(data, "choice"), "message"), "content")))
+        return self._text(_text_of(field_of(field_of(field_of(data, "choice"), "message"), "content")))
 
     def _text(self, content: str) -> list[StreamingEvent]:
         chunk = self.run.chunk(self.text.advance(content))
@@ -230,39 +231,39 @@ class Translator:
 
     def _tool_call_start(self, data: Any) -> list[StreamingEvent]:
         self.calls += 1
-        call_id = str(_field(data, "call_id") or f"call_{self.run.turns}_{self.calls}")
+        call_id = str(field_of(data, "call_id") or f"call_{self.run.turns}_{self.calls}")
         self.clock.start(call_id)
-        return [self.run.tool_call(str(_field(data, "tool_name")), _field(data, "args"), call_id)]
+        return [self.run.tool_call(str(field_of(data, "tool_name")), field_of(data, "args"), call_id)]
 
     def _tool_call_end(self, data: Any) -> list[StreamingEvent]:
-        call_id = str(_field(data, "call_id") or "")
-        result = tool_output(_field(data, "result"))
-        handoff = _json(result)
+        call_id = str(field_of(data, "call_id") or "")
+        result = tool_output(field_of(data, "result"))
+        handoff = maybe_json(result)
         if isinstance(handoff, dict) and "handoff_to" in handoff:
             self.handoff_reasons[str(handoff["handoff_to"])] = str(handoff.get("message") or "")
-        failed = (_field(data, "execution_status") or "success") != "success"
+        failed = (field_of(data, "execution_status") or "success") != "success"
         elapsed = self.clock.stop(call_id)
         return [
             self.run.tool_result(
-                str(_field(data, "tool_name")), call_id, result, failed=failed, execution_time_ms=elapsed
+                str(field_of(data, "tool_name")), call_id, result, failed=failed, execution_time_ms=elapsed
             )
         ]
 
     def _handoff(self, data: Any) -> list[StreamingEvent]:
-        source, target = str(_field(data, "from_") or _field(data, "from") or ""), str(_field(data, "to"))
+        source, target = str(field_of(data, "from_") or field_of(data, "from") or ""), str(field_of(data, "to"))
         return [self.run.agent_switch(target, self.handoff_reasons.pop(target, ""), from_agent=source or None)]
 
     def _run_end(self, data: Any) -> list[StreamingEvent]:
-        return self.outcome(_field(data, "outcome"))
+        return self.outcome(field_of(data, "outcome"))
 
     def outcome(self, outcome: Any) -> list[StreamingEvent]:
-        status = _field(outcome, "status")
+        status = field_of(outcome, "status")
         if status == "completed":
             return self.run.finish()
         if status == "interrupted":
             return [self.run.error("interrupted", "the jaf run stopped for a tool approval; runcast runs have none")]
-        error = _field(outcome, "error") or {}
-        tag = str(_field(error, "_tag") or type(error).__name__)
+        error = field_of(outcome, "error") or {}
+        tag = str(field_of(error, "_tag") or type(error).__name__)
         error_type = "max_turns_exceeded" if tag == "MaxTurnsExceeded" else "agent_error"
         return [self.run.error(error_type, f"{tag}: {error_detail(error)}")]
 
@@ -270,7 +271,7 @@ class Translator:
 def error_detail(error: Any) -> str:
     """A jaf error (`ModelBehaviorError(detail=...)`, `MaxTurnsExceeded(turns=...)`, ...) as text."""
     for key in ("detail", "reason"):
-        value = _field(error, key)
+        value = field_of(error, key)
         if value:
             return str(value)
     fields = error.items() if isinstance(error, dict) else vars(error).items() if hasattr(error, "__dict__") else ()
@@ -279,7 +280,7 @@ def error_detail(error: Any) -> str:
 
 def tool_output(raw: Any) -> Any:
     """What the tool itself returned: jaf wraps it as `{"hitl_status", "result" | "message", ...}` for the model."""
-    wrapped = _json(raw)
+    wrapped = maybe_json(raw)
     if isinstance(wrapped, dict) and "hitl_status" in wrapped:
         return wrapped.get("result", wrapped.get("message", raw))
     return raw
@@ -310,26 +311,10 @@ def _default(context: Any, request: RunRequest) -> Any:
     return dict(request.metadata) if context is None else context
 
 
-def _field(value: Any, name: str) -> Any:
-    """jaf hands events' data over as dicts (`asdict`) or as dataclasses, depending on the event."""
-    if isinstance(value, Mapping):
-        return value.get(name)
-    return getattr(value, name, None)
-
-
 def _text_of(content: Any) -> str:
     """A jaf message's content: a string, or content parts whose text parts are joined."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(str(_field(part, "text") or "") for part in content if _field(part, "type") == "text")
+        return "".join(str(field_of(part, "text") or "") for part in content if field_of(part, "type") == "text")
     return ""
-
-
-def _json(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value

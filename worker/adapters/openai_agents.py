@@ -37,6 +37,8 @@ from runcast.worker.adapters.base import (
     RunEvents,
     ToolClock,
     describe,
+    field_of,
+    maybe_json,
     require_extra,
     with_framework_errors,
 )
@@ -218,24 +220,24 @@ class Translator:
         self.calls += 1
         raw = item.raw_item
         call_id = str(item.call_id or f"call_{self.run.turns}_{self.calls}")
-        name = str(item.tool_name or _field(raw, "type") or "tool")
+        name = str(item.tool_name or field_of(raw, "type") or "tool")
         self.tool_names[call_id] = name
         self.clock.start(call_id)
         return [self.run.tool_call(name, _arguments(raw), call_id)]
 
     def _tool_output(self, item: Any) -> list[StreamingEvent]:
         call_id = str(item.call_id or "")
-        name = self.tool_names.pop(call_id, None) or str(_field(item.raw_item, "type") or "tool")
-        output = item.output if _is_json(item.output) else str(_field(item.raw_item, "output") or item.output)
+        name = self.tool_names.pop(call_id, None) or str(field_of(item.raw_item, "type") or "tool")
+        output = item.output if _is_json(item.output) else str(field_of(item.raw_item, "output") or item.output)
         return [self.run.tool_result(name, call_id, output, execution_time_ms=self.clock.stop(call_id))]
 
     def _handoff_requested(self, item: Any) -> list[StreamingEvent]:
         raw = item.raw_item
-        self.handoff_reasons[str(_field(raw, "call_id") or "")] = handoff_reason(_field(raw, "arguments"))
+        self.handoff_reasons[str(field_of(raw, "call_id") or "")] = handoff_reason(field_of(raw, "arguments"))
         return []
 
     def _handoff_occurred(self, item: Any) -> list[StreamingEvent]:
-        reason = self.handoff_reasons.pop(str(_field(item.raw_item, "call_id") or ""), "")
+        reason = self.handoff_reasons.pop(str(field_of(item.raw_item, "call_id") or ""), "")
         target = item.target_agent
         self.run.model_name = self.model_for(target)
         return [self.run.agent_switch(target.name, reason, from_agent=item.source_agent.name)]
@@ -288,7 +290,7 @@ def to_input(history: tuple[Message, ...] | list[Message], text: str) -> str | l
 def handoff_reason(arguments: Any) -> str:
     """What a handoff call says about why: its `reason` (or only) string argument, else its arguments as given.
     A handoff without `input_type` has no arguments: no reason."""
-    parsed = _json(arguments)
+    parsed = maybe_json(arguments)
     if isinstance(parsed, dict):
         strings = [v for v in parsed.values() if isinstance(v, str)]
         if isinstance(parsed.get("reason"), str):
@@ -301,30 +303,14 @@ def handoff_reason(arguments: Any) -> str:
 
 def _arguments(raw: Any) -> Any:
     """A tool call's arguments as an object: a function call's JSON arguments; a hosted tool's action, if any."""
-    arguments = _field(raw, "arguments")
+    arguments = field_of(raw, "arguments")
     if arguments is not None:
-        parsed = _json(arguments)
+        parsed = maybe_json(arguments)
         return parsed if parsed != "" else {}
-    action = _field(raw, "action")
+    action = field_of(raw, "action")
     if action is None:
         return {}
     return action.model_dump(exclude_none=True) if hasattr(action, "model_dump") else action
-
-
-def _field(value: Any, name: str) -> Any:
-    """Run items hold either the openai types (pydantic models) or their TypedDict (dict) forms."""
-    if isinstance(value, Mapping):
-        return value.get(name)
-    return getattr(value, name, None)
-
-
-def _json(value: Any) -> Any:
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value)
-    except ValueError:
-        return value
 
 
 def _is_json(value: Any) -> bool:
