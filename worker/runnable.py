@@ -137,8 +137,9 @@ async def stream_run(
         registry=registry if registry is not None else {agent.name: agent},
         metadata=metadata or {},
     )
-    async for event in run_events(agent, request):
-        yield event
+    async with contextlib.aclosing(run_events(agent, request)) as events:
+        async for event in events:
+            yield event
 
 
 def check_runnable(name: str, agent: object) -> RunnableAgent:

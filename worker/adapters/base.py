@@ -81,6 +81,20 @@ async def with_framework_errors(
         yield run.error(error_type, describe(exc))
 
 
+async def framework_run(
+    run: RunEvents, events: AsyncIterator[StreamingEvent], error_type: str = "agent_error"
+) -> AsyncIterator[StreamingEvent]:
+    """An adapter's whole stream: START, then the framework's `events` (`with_framework_errors`).
+
+    The inner generator is closed with this one (`aclosing`): closing the run's stream (a cancel, or the run's first
+    terminal event) stops the framework's run there and then, not whenever the garbage collector finalizes a dropped
+    generator."""
+    yield run.start()
+    async with contextlib.aclosing(with_framework_errors(run, events, error_type)) as inner:  # type: ignore[type-var]
+        async for event in inner:
+            yield event
+
+
 def field_of(value: Any, name: str) -> Any:
     """`value[name]` or `value.name`: frameworks hand the same data over as dicts (`asdict`, TypedDicts) or as
     objects (dataclasses, pydantic models), depending on the event."""
@@ -185,6 +199,7 @@ __all__ = [
     "ToolClock",
     "describe",
     "field_of",
+    "framework_run",
     "maybe_json",
     "require_extra",
     "with_framework_errors",

@@ -39,9 +39,9 @@ from runcast.worker.adapters.base import (
     TextSoFar,
     ToolClock,
     field_of,
+    framework_run,
     maybe_json,
     require_extra,
-    with_framework_errors,
 )
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest
@@ -123,11 +123,9 @@ class JafAgent:
             or type(self.model_provider).__name__
         )
 
-    async def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
         run = RunEvents(request.run_id, self.agent.name, self.model_name(), trace_id=request.trace_id)
-        yield run.start()
-        async for event in with_framework_errors(run, self._run(request, run)):
-            yield event
+        return framework_run(run, self._run(request, run))
 
     async def _run(self, request: RunRequest, run: RunEvents) -> AsyncIterator[StreamingEvent]:
         bridge: CallbackStream[Any] = CallbackStream()

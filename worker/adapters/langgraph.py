@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 from runcast.shared.streaming import StreamConfig, StreamingEvent
-from runcast.worker.adapters.base import RunEvents, describe, require_extra, with_framework_errors
+from runcast.worker.adapters.base import RunEvents, describe, framework_run, require_extra
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest
 
@@ -90,14 +90,9 @@ class LangGraphAgent:
         self.context = context
         self.subgraphs = subgraphs
 
-    async def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
         run = RunEvents(request.run_id, self.first_agent, self.model_name, trace_id=request.trace_id)
-        yield run.start()
-        # aclosing: closing this iterator closes LangGraph's stream there and then (its node tasks are cancelled
-        # and awaited), not later in a garbage-collection hook
-        async with contextlib.aclosing(with_framework_errors(run, self._run(request, run))) as events:
-            async for event in events:
-                yield event
+        return framework_run(run, self._run(request, run))
 
     async def _run(self, request: RunRequest, run: RunEvents) -> AsyncIterator[StreamingEvent]:
         watcher = ToolWatcher()

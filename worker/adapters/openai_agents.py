@@ -38,9 +38,9 @@ from runcast.worker.adapters.base import (
     ToolClock,
     describe,
     field_of,
+    framework_run,
     maybe_json,
     require_extra,
-    with_framework_errors,
 )
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest
@@ -99,14 +99,9 @@ class OpenAIAgentsAgent:
             return model
         return str(getattr(model, "model", None) or type(model).__name__)
 
-    async def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
         run = RunEvents(request.run_id, self.agent.name, self.model_name(), trace_id=request.trace_id)
-        yield run.start()
-        # aclosing: closing this stream stops the SDK's run now, not whenever the inner generator is collected
-        events = with_framework_errors(run, self._run(request, run))
-        async with contextlib.aclosing(events) as inner:  # type: ignore[type-var]
-            async for event in inner:
-                yield event
+        return framework_run(run, self._run(request, run))
 
     async def _run(self, request: RunRequest, run: RunEvents) -> AsyncIterator[StreamingEvent]:
         context = self.context(request) if callable(self.context) else self.context

@@ -42,8 +42,8 @@ from runcast.worker.adapters.base import (
     TextSoFar,
     ToolClock,
     describe,
+    framework_run,
     require_extra,
-    with_framework_errors,
 )
 from runcast.worker.providers.base import Message
 from runcast.worker.runnable import RunRequest
@@ -161,11 +161,9 @@ class PydanticAIAgent:
     def _name_of(self, agent: Agent[Any, Any]) -> str:
         return agent.name or self.name  # only the first agent may be unnamed (then `name=` names it)
 
-    async def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
+    def stream(self, request: RunRequest) -> AsyncIterator[StreamingEvent]:
         run = RunEvents(request.run_id, self._name_of(self.agent), self.model_name(), trace_id=request.trace_id)
-        yield run.start()
-        async for event in with_framework_errors(run, self._run(request, run)):
-            yield event
+        return framework_run(run, self._run(request, run))
 
     async def _run(self, request: RunRequest, run: RunEvents) -> AsyncIterator[StreamingEvent]:
         try:
