@@ -142,6 +142,7 @@ async def test_stream_log_and_queue_clients_follow_a_sentinel_failover(sentinel_
     try:
         await client.set("before", "1")
         await queue.enqueue_job("noop", _job_id="job-before", _queue_name="q")
+        assert await client.execute_command("WAIT", 1, 5000) == 1  # replication is asynchronous: let it catch up
         old = sentinel_trio.kill_primary()
         new = await asyncio.to_thread(sentinel_trio.wait_for_failover, old)
         # The pooled connection to the dead primary fails (a transient error); the retry reconnects through Sentinel.
