@@ -2,8 +2,8 @@
 
 `EventFeed` is the seam between the HTTP layer and Redis. `DirectFeed` gives every subscriber its own XREAD loop
 (simple, and the benchmark's `naive` mode: `RUNCAST_FEED=direct`); the default is the fan-out hub
-(`runcast.gateway.hub.fanout.Hub`),
-which implements the same protocol with one multiplexed XREAD reader per process for all the runs it follows.
+(`runcast.gateway.hub.fanout.Hub`), which implements the same protocol and follows all the runs of a process on one
+subscription connection (one per shard on a Redis Cluster), reading the streams only to fill gaps.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from runcast.gateway.hub.reader import READER_NAME
-from runcast.shared.cluster import ClusterReaders, run_slot
+from runcast.shared.cluster import ClusterSlots, run_slot
 
 READER_OPTIONS: dict[str, Any] = {
     "client_name": READER_NAME,
@@ -63,7 +63,7 @@ class ClusterShards:
     sharded = True
 
     def __init__(self, cluster: RedisCluster) -> None:
-        self.slots = ClusterReaders(cluster)
+        self.slots = ClusterSlots(cluster)
 
     def group_of(self, run_id: str) -> Hashable:
         host, port = self.slots.address_of_slot(run_slot(run_id))
@@ -71,13 +71,13 @@ class ClusterShards:
 
     def connection(self, group: Hashable) -> AbstractConnection:
         host, _, port = str(group).rpartition(":")
-        return self.slots.connection_class(**{**self.slots.pool_kwargs(host, int(port)), **READER_OPTIONS})
+        return self.slots.connection(host, int(port), **READER_OPTIONS)
 
     async def refresh(self) -> None:
         await self.slots.refresh()
 
     async def aclose(self) -> None:
-        await self.slots.aclose()
+        return None  # the readers own their connections; the slot map holds none
 
 
 def routing_for(client: Redis | RedisCluster) -> SingleRedis | ClusterShards:
