@@ -43,10 +43,12 @@ from runcast.shared.streaming import StreamingEvent, StreamingEventType
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 # KEYS: events, meta, live channel of each run.  ARGV: maxlen, now, retention_s, then for each run: n,
-# new status ('' keeps it), ttl ('1' re-arms both keys' TTL), then n x (id, type, json); id '*' = Redis chooses.
+# new status ('' keeps it), ttl ('1' re-arms both keys' TTL), expect (the last id the caller saw acknowledged, '' =
+# none), then n x (id, type, json); id '*' = Redis chooses. n = 0 only checks `expect`.
 # One reply per run: its last entry id (appended, or already there from an earlier send); 0 = the run has ended
 # (nothing appended); -1 = unknown run (no meta); {top} = an id is not after the log's last id `top` and that entry
-# is not ours (nothing appended).
+# is not ours (nothing appended); {top, 'behind'} = the log ends at `top`, before `expect`: entries this caller saw
+# acknowledged are gone (a failover to a replica that had not received them); nothing appended.
 # Fast path per run: HMGET status and last id, the XADDs (the first one under pcall: it fails when its id is not after
 # the log's last entry, which sends us to `landed`), one PUBLISH of what was added, one HSET of the meta.
 APPEND_LUA = """
@@ -85,15 +87,18 @@ local function announce(channel, prev, ids, from_at)
   redis.call('PUBLISH', channel, table.concat(parts))
 end
 
-local function append(events, meta, channel, n, new_status, ttl, at)
+local function append(events, meta, channel, n, new_status, ttl, expect, at)
   local head = redis.call('HMGET', meta, 'status', 'last_event_id')
   local status, prev = head[1], head[2]
   if not status then return -1 end
-  local explicit = ARGV[at] ~= '*'
+  local explicit = n > 0 and ARGV[at] ~= '*'
   if status == 'completed' or status == 'failed' or status == 'cancelled' then
     if explicit and landed(events, n, at) == n then return ARGV[at + 3 * (n - 1)] end  -- our own end, resent
     return 0
   end
+  if not prev or prev == '' then prev = '0-0' end
+  if expect ~= '' and after(expect, prev) then return {prev, 'behind'} end
+  if n == 0 then return prev end
   local id
   local from, first_new = 0, 0  -- the next entry to XADD; the first entry this call adds (what it announces)
   local ids = {}
@@ -134,8 +139,8 @@ end
 local replies, at = {}, 4
 for r = 1, #KEYS, 3 do
   local n = tonumber(ARGV[at])
-  replies[#replies + 1] = append(KEYS[r], KEYS[r + 1], KEYS[r + 2], n, ARGV[at + 1], ARGV[at + 2], at + 3)
-  at = at + 3 + 3 * n
+  replies[#replies + 1] = append(KEYS[r], KEYS[r + 1], KEYS[r + 2], n, ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], at + 4)
+  at = at + 4 + 3 * n
 end
 return replies
 """
@@ -158,8 +163,16 @@ class Conflict:
     top: str
 
 
-Reply = str | int | Conflict
-"""One run's reply: its last entry id, `ENDED`, `UNKNOWN` or a `Conflict`."""
+@dataclass(frozen=True)
+class Behind:
+    """The log ends at `top`, before the id the caller expected (`RunAppend.expect`): acknowledged entries are gone
+    (a failover promoted a replica that had not received them). Nothing was appended."""
+
+    top: str
+
+
+Reply = str | int | Conflict | Behind
+"""One run's reply: its last entry id, `ENDED`, `UNKNOWN`, a `Conflict` or `Behind`."""
 
 
 _STATUS_AFTER = {StreamingEventType.START: "running", StreamingEventType.COMPLETE: "completed"}
@@ -210,6 +223,8 @@ class RunAppend:
     entries: list[tuple[str, str, str]]
     status: str = ""
     refresh_ttl: bool = True
+    expect: str = ""
+    """The last id this appender saw acknowledged for the run ('' = none): a log that ends before it is `Behind`."""
 
     @classmethod
     def build(
@@ -238,7 +253,7 @@ def script_call(appends: Sequence[RunAppend], maxlen: int, now: str, retention_s
     args: list[Any] = [maxlen, now, retention_s]
     for append in appends:
         keys += (events_key(append.run_id), meta_key(append.run_id), live_channel(append.run_id))
-        args += (len(append.entries), append.status, "1" if append.refresh_ttl else "0")
+        args += (len(append.entries), append.status, "1" if append.refresh_ttl else "0", append.expect)
         for entry in append.entries:
             args += entry
     return keys, args
@@ -249,7 +264,8 @@ def parse_reply(raw: Any) -> Reply:
         return raw.decode()
     if isinstance(raw, list):
         top = raw[0] if raw else ""
-        return Conflict(top.decode() if isinstance(top, bytes) else str(top or ""))
+        top = top.decode() if isinstance(top, bytes) else str(top or "")
+        return Behind(top) if len(raw) > 1 else Conflict(top)
     if isinstance(raw, int):
         return raw
     return str(raw)

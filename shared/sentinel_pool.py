@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -84,9 +84,18 @@ class TrackingSentinelPool(SentinelConnectionPool):
 class PrimaryWatch:
     """Follows the primary of each Sentinel-managed client given (others are ignored); `start()`/`await stop()`."""
 
-    def __init__(self, clients: Iterable[object], interval_s: float = WATCH_INTERVAL_S) -> None:
+    def __init__(
+        self,
+        clients: Iterable[object],
+        interval_s: float = WATCH_INTERVAL_S,
+        on_switch: Callable[[], None] | None = None,
+    ) -> None:
+        """`on_switch` is called when a primary changes (the worker's append writer then checks its runs' logs for
+        acknowledged entries the promoted replica lacks, `runcast.worker.writer`)."""
         self.pools = [pool for client in clients if isinstance(pool := _pool_of(client), TrackingSentinelPool)]
         self.closed = 0
+        self.on_switch = on_switch
+        self._primaries: dict[int, tuple[str, int]] = {}
         # any failure is retried: the watch is what makes a demoted primary harmless, it must not die
         self._periodic = Periodic("runcast-sentinel-watch", self.check, interval_s, logger=log)
 
@@ -107,6 +116,10 @@ class PrimaryWatch:
             except (RedisConnectionError, RedisTimeoutError, OSError):
                 continue  # no primary right now (failover running) or no sentinel reachable: ask again later
             stale = await pool.close_stale(primary)
+            known = self._primaries.get(id(pool))
+            self._primaries[id(pool)] = primary
+            if (stale or (known is not None and known != primary)) and self.on_switch is not None:
+                self.on_switch()
             if stale:
                 log.warning(
                     "primary of %r is now %s:%s; closed %d connection(s) to the old one",

@@ -50,8 +50,12 @@ async def build_state(settings: Settings, redis: Any = None) -> WorkerState:
 async def startup(ctx: dict[str, Any]) -> None:
     if "runcast" not in ctx:
         ctx["runcast"] = await build_state(get_settings())
-    # With Sentinel: close connections left open to a demoted primary (a no-op for plain Redis).
-    ctx["runcast_sentinel_watch"] = PrimaryWatch([ctx["runcast"].stream_log.redis, ctx.get("redis")]).start()
+    # With Sentinel: close connections left open to a demoted primary, and have the append writer check its runs'
+    # logs for acknowledged entries the promoted replica lacks (a no-op for plain Redis).
+    state: WorkerState = ctx["runcast"]
+    ctx["runcast_sentinel_watch"] = PrimaryWatch(
+        [state.stream_log.redis, ctx.get("redis")], on_switch=lambda: state.runs.writer.suspect_failover()
+    ).start()
     log.info("runcast worker ready: agents %s", ", ".join(sorted(ctx["runcast"].registry)))
 
 

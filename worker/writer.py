@@ -16,8 +16,15 @@ Guarantees:
   same batch with backoff for up to `retry_s`, then fails the batch's runs with that error;
 - nothing after the terminal event: the script refuses it; the channel then rejects further puts with `RunEnded`.
 
-The batch in flight (events with their final ids) is kept until its reply: a later "re-send what a failed-over
-primary lost" can start from there.
+- across a failover: Redis replicates asynchronously, so a promoted replica can lack the last entries the old
+  primary acknowledged (viewers may have seen them). Each run keeps its recently acknowledged entries (`Tail`) and
+  every append carries the last id it saw acknowledged (`RunAppend.expect`); a log that ends before it answers
+  `Behind`, and the writer re-sends the lost entries with their own ids before the new ones. Viewers that saw them
+  skip them (their resume id is past them; the hub drops ids it has had), a new viewer reads them from the log: exact
+  either way. Entries older than the tail keeps are replaced by one METADATA `events_lost` notice at the id of the
+  newest one of them, so the loss is never silent. Runs that are idle or ended a moment ago have no next append to
+  find out: after a connection error, a `Behind` or a primary switch (`suspect_failover`) the writer checks each of
+  them with an empty append (n = 0) carrying `expect`.
 """
 
 from __future__ import annotations
@@ -28,10 +35,11 @@ import logging
 import time
 from collections.abc import Sequence
 
-from runcast.shared.append import ENDED, UNKNOWN, Conflict, Reply, status_after
+from runcast.shared.append import ENDED, UNKNOWN, Behind, Conflict, Reply, status_after
 from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
 from runcast.shared.streaming import StreamingEvent
 from runcast.shared.streamlog import IdClock, RunAppend, RunEnded, StreamLog, UnknownRun
+from runcast.worker.tail import Tail
 
 log = logging.getLogger("runcast.worker")
 
@@ -61,6 +69,8 @@ class RunChannel:
         self.last_ack = 0.0  # time.monotonic() of the last reply for this run (the cancel watch skips busy runs)
         self.ttl_at = 0.0  # when this run's keys' TTL was last re-armed
         self.error: BaseException | None = None
+        self.tail = Tail()  # recently acknowledged entries, to re-send after a failover lost them
+        self._in_flight_entries: list[Entry] = []
         self.ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._flushes: list[tuple[int, asyncio.Future[None]]] = []
         self._room: asyncio.Future[None] | None = None
@@ -114,6 +124,7 @@ class RunChannel:
         """Up to `limit` pending entries for the next call, and the status the last of them moves the run to."""
         entries, self.pending = self.pending[:limit], self.pending[limit:]
         self.in_flight = len(entries)
+        self._in_flight_entries = entries
         self.taken += len(entries)
         status = ""
         while self._statuses and self._statuses[0][0] < self.taken:
@@ -124,6 +135,9 @@ class RunChannel:
     def acked(self, last_id: str, now: float) -> None:
         self.acked_count += self.in_flight
         self.in_flight = 0
+        if self._in_flight_entries:
+            self.tail.extend(self._in_flight_entries, now)
+            self._in_flight_entries = []
         self.last_id = last_id
         self.status = self._taken_status or self.status
         self.last_ack = now
@@ -136,6 +150,7 @@ class RunChannel:
         self.pending.clear()
         self._statuses.clear()
         self.in_flight = 0
+        self._in_flight_entries = []
         self._wake_waiters()
         if not self.ended.done():
             self.ended.set_result(None)
@@ -176,10 +191,14 @@ class AppendWriter:
         self.ids: IdClock = getattr(stream_log, "ids", None) or IdClock()
         self.channels: dict[str, RunChannel] = {}
         self._ready: dict[str, RunChannel] = {}
+        self._recent: dict[str, tuple[float, RunChannel]] = {}  # closed a moment ago: (closed at, channel)
+        self._suspect = False  # a failover may have happened: check the runs that have no next append
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.calls = 0  # append calls sent (for tests and the benchmark's curiosity)
         self.resends = 0  # calls sent again after a transient error
+        self.failover_resent = 0  # acknowledged entries a failover lost, re-sent with their ids
+        self.failover_gaps = 0  # `events_lost` notices appended (lost entries older than the tail kept)
 
     def open(self, run_id: str) -> RunChannel:
         channel = RunChannel(self, run_id)
@@ -191,17 +210,33 @@ class AppendWriter:
     def forget(self, channel: RunChannel) -> None:
         if self.channels.get(channel.run_id) is channel:
             del self.channels[channel.run_id]
+            if channel.last_id is not None and channel.tail:
+                self._recent[channel.run_id] = (time.monotonic(), channel)
         self._ready.pop(channel.run_id, None)
         self._wake.set()  # lets an idle writer notice it has nothing left to serve
+
+    def suspect_failover(self) -> None:
+        """The primary may have changed (a watch saw it switch): check every run this writer has entries of."""
+        self._suspect = True
+        self._wake.set()
 
     def ready(self, channel: RunChannel) -> None:
         self._ready[channel.run_id] = channel
         self._wake.set()
 
     async def _run(self) -> None:
-        while self.channels or self._ready:
+        while self.channels or self._ready or self._recent:
+            self._expire_recent()
+            if self._suspect:
+                self._suspect = False
+                await self._send(self._checks())
+                continue
             if not self._ready:
                 self._wake.clear()
+                if not self.channels:  # only recently ended runs left: keep them for their window, then stop
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), Tail.keep_s)
+                    continue
                 await self._wake.wait()
                 continue
             loop = asyncio.get_running_loop()
@@ -231,7 +266,7 @@ class AppendWriter:
             if not entries:
                 continue
             refresh = bool(status) or now - channel.ttl_at >= self.ttl_every_s
-            append = RunAppend(run_id, entries, status, refresh)
+            append = RunAppend(run_id, entries, status, refresh, channel.last_id or "")
             if refresh:
                 channel.ttl_at = now
             batch.append((channel, append))
@@ -251,6 +286,7 @@ class AppendWriter:
                     return
                 await backoff.wait(exc)
                 self.resends += 1
+                self._suspect = True  # the next call may reach a promoted replica: check the idle runs too
                 continue  # the same batch, the same ids: what landed is skipped
             except Exception as exc:  # a bug or a refusal (e.g. OOM): the batch's runs cannot go on
                 log.exception("append failed for %d runs", len(batch))
@@ -264,7 +300,9 @@ class AppendWriter:
         again = []
         now = time.monotonic()
         for (channel, append), reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Conflict):
+            if isinstance(reply, Behind):
+                again.append((channel, self._refill(channel, append, reply.top)))
+            elif isinstance(reply, Conflict):
                 log.warning("run %s: entry %s is not ours; appending after it", channel.run_id, reply.top)
                 self.ids.advance_past(reply.top)
                 append.renumber(self.ids)
@@ -276,6 +314,37 @@ class AppendWriter:
             else:
                 channel.acked(str(reply), now)
         return again
+
+    def _refill(self, channel: RunChannel, append: RunAppend, top: str) -> RunAppend:
+        """The append again, after what the log lost since `top`: the tail's entries, or a notice for those gone."""
+        lost, notice = channel.tail.after(top, channel.run_id)
+        self._suspect = True  # a failover happened: the runs with no next append must be checked too
+        self.failover_resent += len(lost)
+        self.failover_gaps += notice is not None
+        log.warning(
+            "run %s: the log ends at %s, before %s (a failover lost acknowledged entries): re-sending %d%s",
+            channel.run_id,
+            top,
+            append.expect,
+            len(lost),
+            ", after an events_lost notice for older ones" if notice else "",
+        )
+        entries = ([notice] if notice else []) + lost + append.entries
+        status = append.status or Tail.status_of(lost)
+        return RunAppend(channel.run_id, entries, status, True, "")
+
+    def _checks(self) -> list[Batched]:
+        """Empty appends that ask each idle or recently ended run's log whether it still has what was acknowledged."""
+        runs = [c for c in self.channels.values() if c.run_id not in self._ready] + [
+            c for _, c in self._recent.values()
+        ]
+        return [(c, RunAppend(c.run_id, [], "", False, c.last_id)) for c in runs if c.last_id and c.in_flight == 0]
+
+    def _expire_recent(self) -> None:
+        now = time.monotonic()
+        for run_id, (closed_at, _) in list(self._recent.items()):
+            if now - closed_at > Tail.keep_s:
+                del self._recent[run_id]
 
     async def aclose(self) -> None:
         if self._task is not None and not self._task.done():
