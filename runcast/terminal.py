@@ -121,6 +121,9 @@ class PlainView:
                 self._line(f"[tool_result] {data.get('tool_name')} -> {_compact(data.get('result'))}{timing}{suffix}")
             case "agent_switch":
                 self._line("[agent_switch] {} -> {}".format(*switch_names(data)))
+            case "metadata" if "events_lost" in data:
+                lost = data["events_lost"]
+                self._line(f"[events_lost] entries after {lost.get('after')} through {lost.get('through')} were lost")
             case "metadata":
                 self._line(
                     f"[metadata] agent={data.get('agent_name')} turns={data.get('turn_count')} "

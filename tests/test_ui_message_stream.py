@@ -164,6 +164,12 @@ def test_a_reset_is_a_data_part_and_the_text_after_it_opens_a_new_block():
     assert [p["type"] for p in parts(encode_batch(position, [later])[0])] == ["start-step", "text-start", "text-delta"]
 
 
+def test_an_events_lost_notice_is_a_data_part_not_message_metadata():
+    lost = {"events_lost": {"after": "5-0", "through": "7-0"}}
+    frames, _ = encode_batch(START, entries((T.START, StreamingMetadata("echo", "x")), (T.METADATA, lost)))
+    assert parts(frames)[-1] == {"type": "data-runcast-events-lost", "data": {"after": "5-0", "through": "7-0"}}
+
+
 def test_each_entry_is_encoded_once_for_every_viewer():
     run = entries((T.START, StreamingMetadata("echo", "x")), chunk("a"), chunk("b"), (T.COMPLETE, {}))
     first, _ = encode_batch(START, run)

@@ -9,6 +9,7 @@ with `data: [DONE]`. A run maps to one assistant message:
     tool_result      -> tool-output-available (or tool-output-error when the tool failed)
     agent_switch     -> text-end, data-agent-switch {from_agent, to_agent, reason}
     metadata         -> message-metadata {agent, model, turns, totalTokens, executionTimeMs}
+                        (an `events_lost` notice: data-runcast-events-lost {after, through})
     complete         -> text-end, finish-step, finish {finishReason: stop}, [DONE]
     error            -> text-end, finish-step, error {errorText}, finish {finishReason: error}, [DONE]
     error cancelled  -> text-end, finish-step, abort {reason}, [DONE]          (a stop: not an error to show)
@@ -114,6 +115,8 @@ def encode_entry(position: Position, entry: Entry) -> tuple[bytes, Position]:
         close_text()
         out.append({"type": "data-agent-switch", "data": data})
         step = AFTER_TOOL
+    elif kind == "metadata" and "events_lost" in data:  # a failover lost entries (runcast.worker.tail)
+        out.append({"type": "data-runcast-events-lost", "data": data["events_lost"]})
     elif kind == "metadata":
         metadata = {
             "agent": data.get("agent_name"),
