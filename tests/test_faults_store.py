@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -77,7 +78,18 @@ async def start_runs(http: httpx.AsyncClient, gateway: GatewayProcess, count: in
 
 
 async def try_creates(http: httpx.AsyncClient, gateway: GatewayProcess, n: int) -> list[httpx.Response]:
-    return [await http.post(f"{gateway.url}/v1/runs", json={"agent": "echo", "input": f"during {i}"}) for i in range(n)]
+    """`n` plain creates, one in a conversation and one AI SDK chat message (`POST /v1/chat/{agent}`)."""
+    url = f"{gateway.url}/v1/runs"
+    plain = [await http.post(url, json={"agent": "echo", "input": f"during {i}"}) for i in range(n)]
+    talk = await http.post(url, json={"agent": "echo", "input": "hi", "conversation_id": f"c-{uuid.uuid4().hex}"})
+    message = {"id": "m1", "role": "user", "parts": [{"type": "text", "text": "hi"}]}
+    chat = {
+        "id": f"chat-{uuid.uuid4().hex[:12]}",
+        "messages": [message],
+        "trigger": "submit-message",
+        "messageId": None,
+    }
+    return [*plain, talk, await http.post(f"{gateway.url}/v1/chat/echo", json=chat)]
 
 
 def assert_clear_refusals(responses: list[httpx.Response], words_in_detail: str) -> list[dict]:
@@ -86,6 +98,9 @@ def assert_clear_refusals(responses: list[httpx.Response], words_in_detail: str)
     for response in responses:
         if response.status_code == 202:
             accepted.append(response.json())
+            continue
+        if response.status_code == 200:  # a chat answered with its stream: it was accepted (and ran to its end)
+            assert response.text.rstrip().endswith("data: [DONE]"), response.text[-300:]
             continue
         assert response.status_code == 503, response.text
         assert words_in_detail in response.json()["detail"] and response.headers["retry-after"] == "5", response.text
