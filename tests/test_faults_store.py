@@ -50,9 +50,11 @@ TOKENS = 60  # 60 tokens x 20 ms: a run streams for ~1.2 s, the fault starts whi
 
 @pytest.fixture(scope="module")
 def patient() -> Iterator[tuple[RedisServer, GatewayProcess, WorkerProcess]]:
-    """Retries outlast the faults (6 s); the heartbeat limit (3 s) is shorter than them: a full Redis must not make
-    the sweeper think the worker is lost. Two runs at a time, so later runs wait in the queue through the fault."""
-    yield from deployment(RUNCAST_REDIS_RETRY_S="6", RUNCAST_WORKER_LOST_S="3", RUNCAST_WORKER_MAX_JOBS="2")
+    """Retries (6 s) outlast the faults. The heartbeat limit (2.5 s) is shorter than the OOM fault (3.5 s): a full
+    Redis must not make the sweeper think the worker is lost (heartbeats go on with PEXPIRE, which OOM allows). MISCONF
+    refuses every write, heartbeats too: its fault (1 s) stays under the limit. Two runs at a time, so later runs
+    wait in the queue through the fault."""
+    yield from deployment(RUNCAST_REDIS_RETRY_S="6", RUNCAST_WORKER_LOST_S="2.5", RUNCAST_WORKER_MAX_JOBS="2")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +142,7 @@ async def test_memory_full_for_less_than_the_retry_limit_loses_and_duplicates_no
     await asyncio.to_thread(memory.fill)
     creates = await try_creates(http, gateway, 5)
     status = await http.get(runs[0]["status_url"], params={"token": runs[0]["token"]})  # reads keep working
-    await asyncio.sleep(2.5)
+    await asyncio.sleep(3.5)
     memory.assert_refusing()
     await asyncio.to_thread(memory.give_back)
     await asyncio.gather(*tasks)
@@ -152,7 +154,7 @@ async def test_memory_full_for_less_than_the_retry_limit_loses_and_duplicates_no
     assert "OutOfMemoryError" in worker.log(), "the fault did not reach the worker's appends"
     assert worker.alive() and gateway.alive(), worker.log()[-3000:]
     await assert_a_new_run_streams_cleanly(http, gateway.url, server.url)
-    print(f"\n[fault] OOM 2.5 s: {len(viewers)} viewers, {delivered} events, lost 0, duplicated 0; {codes(creates)}")
+    print(f"\n[fault] OOM 3.5 s: {len(viewers)} viewers, {delivered} events, lost 0, duplicated 0; {codes(creates)}")
 
 
 async def test_misconf_for_less_than_the_retry_limit_loses_and_duplicates_nothing(
@@ -165,7 +167,7 @@ async def test_misconf_for_less_than_the_retry_limit_loses_and_duplicates_nothin
     await wait_until(lambda: all(len(v.received) >= 3 for v in viewers), 20, "every viewer mid-stream")
     await asyncio.to_thread(disk.break_disk)
     creates = await try_creates(http, gateway, 3)
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.0)
     await asyncio.to_thread(disk.fix_disk)
     await asyncio.gather(*tasks)
 
@@ -175,7 +177,7 @@ async def test_misconf_for_less_than_the_retry_limit_loses_and_duplicates_nothin
     assert "MisconfError" in worker.log(), "the fault did not reach the worker"
     assert worker.alive() and gateway.alive(), worker.log()[-3000:]
     await assert_a_new_run_streams_cleanly(http, gateway.url, server.url)
-    print(f"\n[fault] MISCONF 2 s: {len(viewers)} viewers, {delivered} events, lost 0, duplicated 0")
+    print(f"\n[fault] MISCONF 1 s: {len(viewers)} viewers, {delivered} events, lost 0, duplicated 0")
 
 
 async def test_memory_full_for_longer_than_the_retry_limit_ends_the_run_with_store_unavailable(
