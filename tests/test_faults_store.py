@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -194,7 +195,9 @@ async def test_memory_full_for_longer_than_the_retry_limit_ends_the_run_with_sto
     await asyncio.sleep(0.5)
     memory.assert_refusing()  # still full: the run's end waits for Redis
     await asyncio.to_thread(memory.give_back)
+    back = time.monotonic()
     await asyncio.gather(*tasks)
+    released_s = time.monotonic() - back
 
     log = await stored_log(server.url, run["run_id"])
     types = [t for _, t, _ in log]
@@ -209,7 +212,10 @@ async def test_memory_full_for_longer_than_the_retry_limit_ends_the_run_with_sto
     assert meta.get("status") == "failed", meta
     assert worker.alive() and gateway.alive(), worker.log()[-3000:]
     await assert_a_new_run_streams_cleanly(http, gateway.url, server.url)
-    print(f"\n[fault] OOM past the 1.5 s retry limit: {len(log)} events, ended store_unavailable, 1 terminal event")
+    print(
+        f"\n[fault] OOM past the 1.5 s retry limit: {len(log)} events, ended store_unavailable, 1 terminal event, "
+        f"{len(viewers)} viewers released {released_s:.2f} s after memory was given back"
+    )
 
 
 def codes(responses: list[httpx.Response]) -> str:
