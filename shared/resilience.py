@@ -120,12 +120,15 @@ class Backoff:
         await asyncio.sleep(delay)
 
 
-async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
-    """Run `call` until it succeeds, retrying transient Redis errors. Only for idempotent calls (reads)."""
+async def retry_transient(
+    call: Callable[[], Awaitable[T]], backoff: Backoff, errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+) -> T:
+    """Run `call` until it succeeds, retrying `errors` (transient Redis errors; `STORE_ERRORS` for an idempotent
+    write that should also wait out a refusal). Only for idempotent calls."""
     while True:
         try:
             result = await call()
-        except TRANSIENT_ERRORS as exc:
+        except errors as exc:
             await backoff.wait(exc)
             continue
         backoff.reset()
