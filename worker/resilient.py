@@ -18,10 +18,10 @@ covers a command's send/receive but not taking a connection from the pool, whose
 restarts (connection reset, or `LOADING` while it replays its AOF). `ResilientWorker` retries the poll iteration with
 backoff for up to RUNCAST_REDIS_RETRY_S of continuous outage, then lets the error stop the worker (its supervisor
 restarts it; runs it was executing end with `worker_lost`). Redis refusing writes while it answers (OOM at
-maxmemory, MISCONF) never stops it: the poll waits with backoff for as long as it lasts (a restart would not help),
-and arq's own job writes (a job's first MULTI, its end-of-job MULTI) are retried until Redis takes them instead of
-failing the job task, which arq's poll would re-raise and stop the worker with. `runcast worker` uses it; plain
-`arq runcast.worker.settings.WorkerSettings` runs arq's own Worker, without this.
+maxmemory, MISCONF, READONLY) never stops it: the poll waits with backoff for as long as it lasts (a restart would
+not help), and arq's own job writes (a job's first MULTI, its end-of-job MULTI) are retried until Redis takes them
+instead of failing the job task, which arq's poll would re-raise and stop the worker with. `runcast worker` uses
+it; plain `arq runcast.worker.settings.WorkerSettings` runs arq's own Worker, without this.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from typing import Any
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
+from redis.exceptions import ReadOnlyError
 
 from runcast.shared.doorbell import wait_for_bells
 from runcast.shared.redis_client import queue_redis
@@ -41,6 +42,10 @@ from runcast.shared.resilience import STORE_ERRORS, STORE_REFUSALS, TRANSIENT_ER
 from runcast.shared.settings import get_settings
 
 log = logging.getLogger("arq.worker")
+
+WRITES_REFUSED = (*STORE_REFUSALS, ReadOnlyError)
+"""Redis answers but takes no writes: restarting the worker would not help (each retry reconnects anyway, which
+follows a failover behind a DNS name or proxy), so the poll waits for as long as it lasts."""
 
 ELSEWHERE_S = 2.0
 """How long a due job found running on another worker is left out of this worker's regular polls."""
@@ -84,10 +89,10 @@ class ResilientWorker(Worker):
                 await self._doorbell_iteration()
             else:
                 await self._regular_poll()
+        except WRITES_REFUSED as exc:  # Redis answers but refuses writes (OOM, MISCONF, READONLY): wait, however long
+            await self._refused.wait(exc)
         except TRANSIENT_ERRORS as exc:
             await self._backoff.wait(exc)  # re-raises once the outage has lasted longer than allowed
-        except STORE_REFUSALS as exc:  # Redis answers but refuses writes (OOM, MISCONF): wait, however long
-            await self._refused.wait(exc)
         else:
             self._backoff.reset()
             self._refused.reset()
