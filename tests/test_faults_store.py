@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from httpx_sse import ServerSentEvent, aconnect_sse
 
 from runcast.shared.ids import new_run_id
 from runcast.shared.keys import meta_key
@@ -78,6 +79,18 @@ async def start_runs(http: httpx.AsyncClient, gateway: GatewayProcess, count: in
     runs = [await create_run(http, gateway.url, "echo", words(TOKENS, f"r{i}-")) for i in range(count)]
     watching = [ResumingViewer([gateway.url], r["run_id"], r["token"]) for r in runs for _ in range(viewers)]
     return runs, watching
+
+
+async def first_events(http: httpx.AsyncClient, gateway: GatewayProcess, run: dict, n: int) -> list[ServerSentEvent]:
+    url = f"{gateway.url}/v1/runs/{run['run_id']}/events"
+    got: list[ServerSentEvent] = []
+    async with aconnect_sse(http, "GET", url, params={"token": run["token"]}) as source:
+        assert source.response.status_code == 200
+        async for sse in source.aiter_sse():
+            got.append(sse)
+            if len(got) == n:
+                break
+    return got
 
 
 async def try_creates(http: httpx.AsyncClient, gateway: GatewayProcess, n: int) -> list[httpx.Response]:
@@ -143,12 +156,14 @@ async def test_memory_full_for_less_than_the_retry_limit_loses_and_duplicates_no
     await asyncio.to_thread(memory.fill)
     creates = await try_creates(http, gateway, 5)
     status = await http.get(runs[0]["status_url"], params={"token": runs[0]["token"]})  # reads keep working
+    fresh = await first_events(http, gateway, runs[0], 3)  # and so does a new SSE connection
     await asyncio.sleep(3.5)
     memory.assert_refusing()
     await asyncio.to_thread(memory.give_back)
     await asyncio.gather(*tasks)
 
     assert status.status_code == 200, status.text
+    assert [e.event for e in fresh] == ["start", "chunk", "chunk"], fresh
     accepted = assert_clear_refusals(creates, "out of memory")
     await watch_to_the_end(http, gateway, accepted)
     delivered = await assert_every_viewer_exact(server.url, runs, viewers)
