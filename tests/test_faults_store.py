@@ -10,13 +10,17 @@ process and loses or duplicates no event (issue #15 item 1). Real redis-servers,
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix
 from httpx_sse import ServerSentEvent, aconnect_sse
 
 from runcast.shared.ids import new_run_id
@@ -26,6 +30,7 @@ from runcast.shared.resilience import StoreUnavailable
 from runcast.shared.streaming import StreamingChunk, StreamingEvent, StreamingEventType, StreamingMetadata
 from runcast.worker.durable import DurableStreamLog
 from runcast.worker.ending import end_when_writable
+from runcast.worker.resilient import ResilientWorker
 from runcast.worker.writer import AppendWriter
 from tests.support.eventsource import ResumingViewer
 from tests.support.faults import (
@@ -306,3 +311,60 @@ async def test_a_run_refused_past_the_retry_limit_fails_with_store_unavailable_a
     channel.close()
     await writer.aclose()
     await redis.aclose()
+
+
+# arq's own writes (in-process ResilientWorker, real redis-server): claims and end-of-job bookkeeping refused.
+
+RAN: list[str] = []
+
+
+async def job_that_fills_memory(ctx: dict[str, Any], tag: str) -> str:
+    """The first job fills Redis as it ends: its end-of-job MULTI (and the next job's claim) meets OOM."""
+    RAN.append(tag)
+    if tag == "first":
+        await asyncio.to_thread(ctx["memory"].fill)
+    return tag
+
+
+async def test_the_worker_outlives_oom_in_arqs_own_writes_and_starts_the_waiting_job_when_memory_returns(
+    full_server: RedisServer,
+):
+    RAN.clear()
+    memory = FullMemory(full_server)
+    name = f"runcast:test-oom:{uuid.uuid4().hex}"
+    queue = ArqRedis.from_url(full_server.url)
+    await queue.enqueue_job("job_that_fills_memory", "first", _job_id=f"first-{name}", _queue_name=name)
+    await queue.enqueue_job("job_that_fills_memory", "second", _job_id=f"second-{name}", _queue_name=name, _defer_by=1)
+    worker = ResilientWorker(
+        functions=[job_that_fills_memory],
+        redis_pool=ArqRedis.from_url(full_server.url),
+        queue_name=name,
+        handle_signals=False,
+        ctx={"memory": memory},
+        redis_retry_s=0.5,  # a lost Redis stops the poll after 0.5 s; a refusing one must not
+        poll_delay=0.1,
+    )
+    main = asyncio.create_task(worker.async_run())
+    try:
+        await wait_until(lambda: RAN == ["first"], 10, "the first job to run")
+        await asyncio.sleep(2.0)  # the second job is due meanwhile: its claim is refused, so is the first's finish
+        memory.assert_refusing()
+        assert not main.done(), main.exception() if main.done() else None
+        assert RAN == ["first"]
+        await asyncio.to_thread(memory.give_back)
+        await wait_until(lambda: RAN == ["first", "second"], 10, "the waiting job to start once memory is back")
+        for _ in range(200):  # both jobs' bookkeeping recorded (off the queue, not in progress): neither runs again
+            if not await queue.zcard(name) and not await queue.exists(
+                *(f"{in_progress_key_prefix}{t}-{name}" for t in RAN)
+            ):
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the jobs' end-of-job bookkeeping was never recorded")
+        assert not main.done()
+    finally:
+        main.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await main
+        await worker.close()
+        await queue.aclose()
