@@ -5,7 +5,9 @@ process and loses or duplicates no event (issue #15 item 1). Real redis-servers,
   writes are taken again, reads keep working;
 - longer than RUNCAST_REDIS_RETRY_S: the running run ends with ERROR `store_unavailable` once Redis takes writes,
   every viewer sees exactly one terminal event, and the next run streams cleanly;
-- the writer (unit, real Redis): an OOM refusal then success appends the same ids exactly once."""
+- the writer (unit, real Redis): an OOM refusal then success appends the same ids exactly once;
+- arq's own writes (a job's end-of-job MULTI, the next job's claim) refused: the worker keeps polling and starts the
+  waiting job when memory is back."""
 
 from __future__ import annotations
 
