@@ -31,6 +31,7 @@ from runcast.gateway.state import GatewayState, get_state
 from runcast.gateway.sweeper import LostRunSweeper
 from runcast.gateway.wire.direct import SERVER_SEND
 from runcast.shared.redis_client import queue_redis, stream_redis
+from runcast.shared.resilience import STORE_REFUSALS, describe
 from runcast.shared.sentinel_pool import PrimaryWatch
 from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streamlog import StreamLog
@@ -188,12 +189,15 @@ def install_guards(app: FastAPI, settings: Settings | None) -> None:
 
 
 async def redis_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """Redis is down or restarting: a retryable 503, not a 500 (clients and load balancers retry)."""
-    return JSONResponse(
-        {"detail": f"the event store is unavailable ({type(exc).__name__}); retry shortly"},
-        status_code=503,
-        headers={"Retry-After": "1"},
-    )
+    """Redis is down, restarting, or refusing writes: a retryable 503, not a 500 (clients and load balancers retry).
+
+    A refusal (OOM at maxmemory, MISCONF) says so in words, since an operator has to act (give Redis memory, fix its
+    disk) and it lasts longer than a restart: Retry-After 5 instead of 1. Reads keep working meanwhile."""
+    if isinstance(exc, STORE_REFUSALS):
+        detail, retry_after = f"{describe(exc)}: the event store takes no new writes; retry later", "5"
+    else:
+        detail, retry_after = f"the event store is unavailable ({type(exc).__name__}); retry shortly", "1"
+    return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": retry_after})
 
 
 async def not_unicode(request: Request, exc: Exception) -> JSONResponse:

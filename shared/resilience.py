@@ -17,9 +17,10 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis._parsers.base import BaseParser
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from runcast.shared.keys import PREFIX
@@ -38,6 +39,49 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 followed the failover. A Sentinel-managed connection turns it into a ConnectionError and re-asks the sentinels for the
 primary; a plain connection (a failover behind a DNS name or a proxy) reconnects when retried. Sentinel's own
 `MasterNotFoundError` (no primary while the failover runs) is a ConnectionError. Anything else is a bug to surface."""
+
+
+class MisconfError(ResponseError):
+    """`MISCONF`: Redis refuses every write (even DEL) because it cannot persist: a failed RDB save with
+    `stop-writes-on-bgsave-error yes`, or AOF write errors. redis-py has no class for it (a plain ResponseError); we
+    register this one in redis-py's reply parser table (`BaseParser.EXCEPTION_CLASSES`, which maps an error code to a
+    class for both parsers, hiredis or not), so that `except STORE_REFUSALS` catches it wherever it is raised."""
+
+
+BaseParser.EXCEPTION_CLASSES.setdefault("MISCONF", MisconfError)
+
+STORE_REFUSALS: tuple[type[BaseException], ...] = (OutOfMemoryError, MisconfError)
+"""Redis is up and answers reads but refuses writes: `OOM` (used memory over `maxmemory` with the `noeviction`
+policy; a script is refused at its first write, so a refused append wrote nothing) or `MISCONF`. Retrying the same
+call later is safe and useful (memory given back, the disk fixed). Not in TRANSIENT_ERRORS, which also configures
+redis-py's per-command retry by reconnecting (no help here): callers that ride through a refusal catch
+`STORE_ERRORS`."""
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, *STORE_REFUSALS)
+"""Everything that means "the store cannot take this write now; the same write may succeed later"."""
+
+
+class StoreUnavailable(Exception):
+    """A run's writes were refused or failed for longer than the retry budget (RUNCAST_REDIS_RETRY_S): the run ends
+    with ERROR `store_unavailable` as soon as Redis takes a write again (`runcast.worker.ending`)."""
+
+    error_type = "store_unavailable"
+
+    def __init__(self, cause: BaseException, waited_s: float) -> None:
+        super().__init__(f"the run's events could not be stored for {waited_s:.0f} s: {describe(cause)}")
+        self.cause = cause
+
+
+def describe(exc: BaseException) -> str:
+    """A store error in words a user can act on (the gateway's 503 bodies, the `store_unavailable` detail)."""
+    if isinstance(exc, OutOfMemoryError):
+        return "Redis is out of memory (maxmemory reached, noeviction policy)"
+    if isinstance(exc, MisconfError):
+        return "Redis refuses writes (MISCONF: it cannot persist to disk)"
+    if isinstance(exc, ReadOnlyError):
+        return "Redis is read-only (a replica; a failover is in progress)"
+    return f"Redis is unavailable ({type(exc).__name__})"
+
 
 log = logging.getLogger("runcast.resilience")
 T = TypeVar("T")
@@ -76,12 +120,15 @@ class Backoff:
         await asyncio.sleep(delay)
 
 
-async def retry_transient(call: Callable[[], Awaitable[T]], backoff: Backoff) -> T:
-    """Run `call` until it succeeds, retrying transient Redis errors. Only for idempotent calls (reads)."""
+async def retry_transient(
+    call: Callable[[], Awaitable[T]], backoff: Backoff, errors: tuple[type[BaseException], ...] = TRANSIENT_ERRORS
+) -> T:
+    """Run `call` until it succeeds, retrying `errors` (transient Redis errors; `STORE_ERRORS` for an idempotent
+    write that should also wait out a refusal). Only for idempotent calls."""
     while True:
         try:
             result = await call()
-        except TRANSIENT_ERRORS as exc:
+        except errors as exc:
             await backoff.wait(exc)
             continue
         backoff.reset()

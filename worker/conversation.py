@@ -20,7 +20,7 @@ from runcast.shared.conversations import (
     META_INPUT_ID,
     ConversationStore,
 )
-from runcast.shared.resilience import Backoff, retry_transient
+from runcast.shared.resilience import STORE_ERRORS, Backoff, retry_transient
 from runcast.shared.settings import Settings, get_settings
 from runcast.shared.streaming import StreamingBuffer, StreamingEvent
 from runcast.shared.streamlog import TERMINAL_STATUSES
@@ -85,7 +85,9 @@ async def end_turn(state: WorkerState, run_id: str, meta: dict[str, str]) -> Non
                 user["id"] = meta[META_INPUT_ID]
             turn = [user, {"role": "assistant", "content": answer, "id": run_id}]
         # Idempotent: once recorded the run no longer holds the conversation, so a retry appends nothing.
-        recorded = await retry_transient(partial(store.record_turn, conversation_id, run_id, turn), backoff)
+        recorded = await retry_transient(
+            partial(store.record_turn, conversation_id, run_id, turn), backoff, STORE_ERRORS
+        )  # waits out OOM/MISCONF too (for RUNCAST_REDIS_RETRY_S)
         if not recorded:  # taken over after RELEASE_WAIT_S (see runcast.gateway.conversations), or a retried call
             log.warning("run %s did not hold conversation %s any more when it ended", run_id, conversation_id)
     except Exception:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
-from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.resilience import STORE_ERRORS, Backoff
 from runcast.shared.streaming import StreamingEvent
 from runcast.shared.streamlog import AppendConflict, IdClock, RunAppend, StreamLog
 
@@ -34,5 +34,5 @@ class DurableStreamLog(StreamLog):
             except AppendConflict as conflict:  # another writer's entry is at or after our ids: take later ones
                 self.ids.advance_past(conflict.top)
                 append.renumber(self.ids)
-            except TRANSIENT_ERRORS as exc:
+            except STORE_ERRORS as exc:  # incl. OOM/MISCONF: a refused script wrote nothing
                 await backoff.wait(exc)  # re-raises once Redis has been away longer than retry_s

@@ -23,11 +23,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from redis.exceptions import OutOfMemoryError
 
 from runcast.shared.keys import heartbeat_key
 from runcast.shared.redis_client import is_cluster
-from runcast.shared.resilience import RUNNING_KEY, TRANSIENT_ERRORS
+from runcast.shared.resilience import RUNNING_KEY, STORE_ERRORS, Backoff
 from runcast.shared.settings import get_settings
 from runcast.shared.streamlog import StreamLog
 from runcast.worker.batcher import CommandBatcher
@@ -54,7 +57,22 @@ class Heartbeats:
         return max(self.lost_s / 3, 0.05)
 
     async def add(self, run_id: str) -> None:
-        """Beat for `run_id` now and list it as running (heartbeat first), then keep it beating."""
+        """Beat for `run_id` now and list it as running (heartbeat first), then keep it beating.
+
+        A store error (Redis refusing writes: OOM, MISCONF; or away) is retried until the writes land: the run has
+        not started yet, so it waits for Redis and starts then (only the job's cancellation stops the waiting)."""
+        backoff = Backoff(None)
+        while True:
+            try:
+                await self._list(run_id)
+                break
+            except STORE_ERRORS as exc:
+                await backoff.wait(exc)
+        self.runs.add(run_id)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._refresh(), name="runcast-heartbeats")
+
+    async def _list(self, run_id: str) -> None:
         ttl_ms = self._ttl_ms()
         claimed = {run_id: time.time()}  # the score is informational (claim time); the sweeper reads members only
         if is_cluster(self.redis):  # keys in two slots: a cluster pipeline does not keep their order
@@ -64,22 +82,28 @@ class Heartbeats:
             await self.batcher.run(
                 lambda pipe: (pipe.set(heartbeat_key(run_id), "1", px=ttl_ms), pipe.zadd(RUNNING_KEY, claimed))
             )
-        self.runs.add(run_id)
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._refresh(), name="runcast-heartbeats")
 
     async def remove(self, run_id: str) -> None:
         self.runs.discard(run_id)
-        with contextlib.suppress(*TRANSIENT_ERRORS):
+        with contextlib.suppress(*STORE_ERRORS):  # best effort: the key expires anyway
             await self.batcher.run(lambda pipe: (pipe.delete(heartbeat_key(run_id)), pipe.zrem(RUNNING_KEY, run_id)))
 
     async def beat_all(self) -> None:
+        """Re-arm every run's heartbeat key. Over maxmemory Redis refuses SET (OOM) but takes PEXPIRE (it never
+        grows memory): the keys are kept alive with it, so a full Redis does not make the sweeper think the runs'
+        worker is lost. (MISCONF refuses both: the sweeper cannot write either, and the end script is atomic.)"""
+        try:
+            await self._beat(lambda pipe, key, ttl_ms: pipe.set(key, "1", px=ttl_ms))
+        except OutOfMemoryError:
+            await self._beat(lambda pipe, key, ttl_ms: pipe.pexpire(key, ttl_ms))
+
+    async def _beat(self, command: Callable[[Any, str, int], object]) -> None:
         runs = list(self.runs)
         ttl_ms = self._ttl_ms()
         for start in range(0, len(runs), REFRESH_BATCH):
             async with self.redis.pipeline(transaction=False) as pipe:  # type: ignore[attr-defined]
                 for run_id in runs[start : start + REFRESH_BATCH]:
-                    pipe.set(heartbeat_key(run_id), "1", px=ttl_ms)
+                    command(pipe, heartbeat_key(run_id), ttl_ms)
                 await pipe.execute()
 
     async def _refresh(self) -> None:
@@ -87,7 +111,7 @@ class Heartbeats:
             await asyncio.sleep(self.every_s)
             try:
                 await self.beat_all()
-            except TRANSIENT_ERRORS as exc:  # keep trying: the keys outlive a blip shorter than lost_s
+            except STORE_ERRORS as exc:  # keep trying: the keys outlive a blip shorter than lost_s
                 log.warning("heartbeats of %d runs not refreshed: %s", len(self.runs), exc)
 
     def _ttl_ms(self) -> int:
@@ -111,7 +135,7 @@ async def run_heartbeat(
         yield
     except asyncio.CancelledError:
         log.info("run %s stopped by the worker (shutdown or job timeout)", run_id)
-        with contextlib.suppress(*TRANSIENT_ERRORS, TimeoutError):
+        with contextlib.suppress(*STORE_ERRORS):
             await asyncio.wait_for(
                 stream_log.end_run(run_id, "worker_shutdown", "the worker stopped before the run finished"),
                 SHUTDOWN_END_TIMEOUT_S,

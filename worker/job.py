@@ -8,6 +8,10 @@ in which case the agent task is cancelled wherever it is (model stream or tool).
 
 Stopping: when arq cancels the job itself (worker shutdown after its grace period, abort, job timeout) the run is
 ended with ERROR `worker_shutdown` before the cancellation goes on.
+
+Redis refusing writes (OOM, MISCONF, READONLY) or away: the writer retries for RUNCAST_REDIS_RETRY_S; past that the
+run's agent is stopped and the run ends with ERROR `store_unavailable` as soon as Redis takes a write again
+(`runcast.worker.ending`: retried without deadline, so viewers always get a terminal event).
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ from typing import Any
 
 from runcast.shared.conversations import ConversationStore
 from runcast.shared.keys import meta_key
+from runcast.shared.resilience import StoreUnavailable
 from runcast.shared.settings import Settings, get_settings
-from runcast.shared.streaming import StreamConfig, StreamingError, StreamingEvent, StreamingEventType
+from runcast.shared.streaming import StreamConfig
 from runcast.shared.streamlog import TERMINAL_STATUSES, RunEnded, StreamLog, UnknownRun
 from runcast.worker.batcher import CommandBatcher
 from runcast.worker.conversation import end_turn, run_history
+from runcast.worker.ending import end_when_writable
 from runcast.worker.heartbeat import Heartbeats, run_heartbeat
 from runcast.worker.providers.base import ModelProvider
 from runcast.worker.publisher import publish_events
@@ -113,13 +119,19 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
     status = ""
     try:
         if agent is None:
-            error = StreamingError("unknown_agent", f"no agent named {meta.get('agent')!r} on this worker")
-            await stream_log.append(run_id, StreamingEvent(StreamingEventType.ERROR, error, run_id=run_id))
+            await end_when_writable(
+                stream_log, run_id, "unknown_agent", f"no agent named {meta.get('agent')!r} on this worker"
+            )
             return "failed"
         history = await run_history(state, meta)
         request = RunRequest.from_meta(run_id, meta, provider=state.provider, registry=state.registry, history=history)
         async with run_heartbeat(stream_log, run_id, heartbeats=runs.heartbeats):
-            status = await _run_until_done_or_ended(state, agent, request)
+            try:
+                status = await _run_until_done_or_ended(state, agent, request)
+            except StoreUnavailable as exc:  # its agent is stopped; the run's end waits for Redis (still beating)
+                log.error("run %s: %s; ending it with %s once Redis takes writes", run_id, exc, exc.error_type)
+                if await end_when_writable(stream_log, run_id, exc.error_type, str(exc)):
+                    status = "failed"
     except (RunEnded, UnknownRun):
         log.info("run %s was ended from outside; stopped its agent", run_id)
     except asyncio.CancelledError:
@@ -129,8 +141,7 @@ async def run_agent(ctx: dict[str, Any], run_id: str) -> str:
         raise
     except Exception as exc:
         log.exception("run %s failed", run_id)
-        with contextlib.suppress(RunEnded, UnknownRun):
-            await stream_log.end_run(run_id, "internal_error", f"{type(exc).__name__}: {exc}")
+        await end_when_writable(stream_log, run_id, "internal_error", f"{type(exc).__name__}: {exc}")
     await end_turn(state, run_id, meta)
     if status in TERMINAL_STATUSES:  # our own terminal event is in the log: no need to read it back
         return status

@@ -17,23 +17,35 @@ Outages: arq lets any Redis error in its poll loop escape `Worker.main()`, which
 covers a command's send/receive but not taking a connection from the pool, whose handshake fails while Redis
 restarts (connection reset, or `LOADING` while it replays its AOF). `ResilientWorker` retries the poll iteration with
 backoff for up to RUNCAST_REDIS_RETRY_S of continuous outage, then lets the error stop the worker (its supervisor
-restarts it; runs it was executing end with `worker_lost`). `runcast worker` uses it; plain
-`arq runcast.worker.settings.WorkerSettings` runs arq's own Worker, without this.
+restarts it; runs it was executing end with `worker_lost`). Redis refusing writes while it answers (OOM at
+maxmemory, MISCONF, READONLY) never stops it: the poll waits with backoff for as long as it lasts (a restart would
+not help), and arq's own job writes (a job's first MULTI, its end-of-job MULTI) are retried until Redis takes them
+instead of failing the job task, which arq's poll would re-raise and stop the worker with. `runcast worker` uses
+it; plain `arq runcast.worker.settings.WorkerSettings` runs arq's own Worker, without this.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker, get_kwargs
+from redis.exceptions import ReadOnlyError
 
 from runcast.shared.doorbell import wait_for_bells
 from runcast.shared.redis_client import queue_redis
-from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.resilience import STORE_ERRORS, STORE_REFUSALS, TRANSIENT_ERRORS, Backoff, describe
 from runcast.shared.settings import get_settings
+
+log = logging.getLogger("arq.worker")
+
+WRITES_REFUSED = (*STORE_REFUSALS, ReadOnlyError)
+"""Redis answers but takes no writes: restarting the worker would not help (each retry reconnects anyway, which
+follows a failover behind a DNS name or proxy), so the poll waits for as long as it lasts."""
 
 ELSEWHERE_S = 2.0
 """How long a due job found running on another worker is left out of this worker's regular polls."""
@@ -60,6 +72,7 @@ class ResilientWorker(Worker):
     def __init__(self, *args: Any, redis_retry_s: float | None = None, doorbell: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._backoff = Backoff(redis_retry_s if redis_retry_s is not None else get_settings().redis_retry_s)
+        self._refused = Backoff(None)
         self.doorbell = doorbell
         self.poll_every_s = self.poll_delay_s
         if doorbell:
@@ -76,10 +89,38 @@ class ResilientWorker(Worker):
                 await self._doorbell_iteration()
             else:
                 await self._regular_poll()
+        except WRITES_REFUSED as exc:  # Redis answers but refuses writes (OOM, MISCONF, READONLY): wait, however long
+            await self._refused.wait(exc)
         except TRANSIENT_ERRORS as exc:
             await self._backoff.wait(exc)  # re-raises once the outage has lasted longer than allowed
         else:
             self._backoff.reset()
+            self._refused.reset()
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        """arq's `run_job`, retried when its first step (one MULTI: read the job, count the try) fails with a store
+        error: the MULTI ran as a whole or not at all, and nothing else of the job ran yet (its bookkeeping at the
+        end, `finish_job`, never raises one, see below), so trying again is safe. Without this the task would fail,
+        arq's poll would re-raise it and stop the worker, and the job would stay claimed (its in-progress key set)
+        for `job_timeout` without running."""
+        backoff = Backoff(None)
+        while True:
+            try:
+                return await super().run_job(job_id, score)
+            except STORE_ERRORS as exc:
+                log.warning("job %s could not start (%s); retrying", job_id, describe(exc))
+                await backoff.wait(exc)
+
+    async def finish_job(self, job_id: str, *args: Any) -> None:
+        """arq's end-of-job bookkeeping (one MULTI: drop the in-progress key, the job and its retry count, store the
+        result), retried until Redis takes it. Under OOM Redis refuses every MULTI, even one of DELs; arq would let
+        the error kill the worker (its poll re-raises a failed job task)."""
+        await _until_stored(lambda: super(ResilientWorker, self).finish_job(job_id, *args), f"job {job_id} finish")
+
+    async def finish_failed_job(self, job_id: str, result_data: bytes | None) -> None:
+        await _until_stored(
+            lambda: super(ResilientWorker, self).finish_failed_job(job_id, result_data), f"job {job_id} finish"
+        )
 
     async def _doorbell_iteration(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +187,18 @@ class ResilientWorker(Worker):
         keys = [self.queue_name, *(in_progress_key_prefix + j.decode() for j in job_ids)]
         args = [timestamp_ms(), int(self.in_progress_timeout_s * 1000), *job_ids]
         return await self._claim_script(keys=keys, args=args)
+
+
+async def _until_stored(call: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run an idempotent write until Redis takes it (store errors retried with backoff, no deadline)."""
+    backoff = Backoff(None)
+    while True:
+        try:
+            return await call()
+        except STORE_ERRORS as exc:
+            if backoff.failures == 0:
+                log.warning("%s not recorded yet (%s); retrying", what, describe(exc))
+            await backoff.wait(exc)
 
 
 def run_resilient_worker(settings_cls: type) -> ResilientWorker:

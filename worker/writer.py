@@ -12,8 +12,9 @@ Guarantees:
 - order per run: one call in flight at a time, each channel's events in put order; a failed call is resent as it
   was before anything newer of those runs is sent;
 - exactly once: ids are chosen here (`IdClock`) before the first send and kept for every resend; the script skips
-  what already landed (`runcast.shared.append`). A transient error (lost connection, restarting Redis) retries the
-  same batch with backoff for up to `retry_s`, then fails the batch's runs with that error;
+  what already landed (`runcast.shared.append`). A store error (lost connection, restarting Redis, READONLY, OOM,
+  MISCONF) retries the same batch with backoff for up to `retry_s`, then fails the batch's runs with
+  `StoreUnavailable`;
 - nothing after the terminal event: the script refuses it; the channel then rejects further puts with `RunEnded`.
 
 - across a failover: Redis replicates asynchronously, so a promoted replica can lack the last entries the old
@@ -36,7 +37,7 @@ import time
 from collections.abc import Sequence
 
 from runcast.shared.append import ENDED, UNKNOWN, Behind, Conflict, Reply, status_after
-from runcast.shared.resilience import TRANSIENT_ERRORS, Backoff
+from runcast.shared.resilience import STORE_ERRORS, Backoff, StoreUnavailable
 from runcast.shared.streaming import StreamingEvent
 from runcast.shared.streamlog import IdClock, RunAppend, RunEnded, StreamLog, UnknownRun
 from runcast.worker.tail import Tail
@@ -273,22 +274,27 @@ class AppendWriter:
         return batch
 
     async def _send(self, batch: list[Batched]) -> None:
+        """Send `batch` until every run in it is settled. A store error (`STORE_ERRORS`: a lost connection, a
+        restarting Redis, READONLY after a failover, OOM at maxmemory, MISCONF) resends the same batch, same ids,
+        with backoff; after `retry_s` of errors the batch's runs fail with `StoreUnavailable` (the job then ends each
+        run with ERROR `store_unavailable` once Redis takes writes again: `runcast.worker.ending`). An OOM or MISCONF
+        refusal happens before the script writes anything, and a lost reply is skipped on resend: exactly once."""
         backoff = Backoff(self.retry_s)
         while batch:
             try:
                 self.calls += 1
                 replies = await self.stream_log.append_runs([append for _, append in batch])
-            except TRANSIENT_ERRORS as exc:
+            except STORE_ERRORS as exc:
                 if backoff.exhausted():
                     log.error("appends failed for %.0f s, giving up on %d runs: %s", self.retry_s, len(batch), exc)
                     for channel, _ in batch:
-                        channel.fail(exc)
+                        channel.fail(StoreUnavailable(exc, self.retry_s))
                     return
                 await backoff.wait(exc)
                 self.resends += 1
                 self._suspect = True  # the next call may reach a promoted replica: check the idle runs too
                 continue  # the same batch, the same ids: what landed is skipped
-            except Exception as exc:  # a bug or a refusal (e.g. OOM): the batch's runs cannot go on
+            except Exception as exc:  # a bug: the batch's runs cannot go on
                 log.exception("append failed for %d runs", len(batch))
                 for channel, _ in batch:
                     channel.fail(exc)
