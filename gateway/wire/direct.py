@@ -15,9 +15,10 @@ if the client is gone, frame the bytes as one HTTP/1.1 chunk (httptools: by hand
 middlewares never touch bodies. Any other server, or uvicorn with a send wrapper (`--log-level trace`), gets no writer:
 the viewer is served through `send` as before (`DirectSink.ready` stays False).
 
-The bound per viewer: a write is refused once the transport holds more than `MAX_BUFFERED` unsent bytes (or uvicorn
-paused writing), so what the gateway holds for a stalled viewer is at most that plus one batch, beyond the kernel's
-socket buffer; from there the viewer's own task catches up from memory or the log through `send`, which waits.
+The bound per viewer: a write is refused when the transport would then hold more than `MAX_BUFFERED` unsent bytes (or
+uvicorn paused writing), so what the gateway holds for a stalled viewer through the hub is at most that, beyond the
+kernel's socket buffer; from there the viewer's own task catches up from memory or the log through `send`, one
+bounded write at a time, each once the connection can take it (`wire/outlet.py`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,11 @@ from typing import Any, Protocol
 import h11
 
 from runcast.gateway.hub.subscriber import Encode
+from runcast.gateway.wire.outlet import MAX_BUFFERED
 
 SERVER_SEND = "runcast.server_send"
 """Scope key under which the app keeps the server's own `send` (see `GatewayApp`): the route's `send` is wrapped by
 Starlette's middlewares, and only the server's own one leads to the connection."""
-
-MAX_BUFFERED = 64 * 1024
-"""Unsent bytes a transport may hold before the hub stops writing to it (uvicorn's own high-water mark is 64 KiB)."""
 
 
 class BodyWriter(Protocol):
@@ -76,7 +75,7 @@ class _HttptoolsBody(_UvicornBody):
         cycle, transport = self.cycle, self.transport  # closed() and backed_up() inlined: once per viewer per event
         if cycle.disconnected or cycle.response_complete or transport.is_closing():
             return False
-        if self.flow.write_paused or transport.get_write_buffer_size() > self.max_buffered:
+        if self.flow.write_paused or transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
         transport.write(b"%x\r\n%b\r\n" % (len(data), data))
         return True
@@ -88,7 +87,7 @@ class _H11Body(_UvicornBody):
     __slots__ = ()
 
     def write(self, data: bytes) -> bool:
-        if self.closed() or self.backed_up():
+        if self.closed() or self.backed_up() or self.transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
         self.transport.write(self.cycle.conn.send(h11.Data(data=data)))
         return True
@@ -153,6 +152,12 @@ class DirectSink:
     @property
     def closed(self) -> bool:
         return self._writer is not None and self._writer.closed()
+
+    @property
+    def backed_up(self) -> bool:
+        """Bound and holding more unsent bytes than it may (its client is not reading, or not fast enough)."""
+        writer = self._writer
+        return writer is not None and writer.backed_up()
 
     def write(self, data: bytes) -> bool:
         writer = self._writer

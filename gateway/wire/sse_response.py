@@ -37,7 +37,8 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from runcast.gateway.wire.direct import DirectSink
+from runcast.gateway.wire.direct import SERVER_SEND, DirectSink
+from runcast.gateway.wire.outlet import Outlet, ViewerStalled, http_outlet, wait_writable
 
 PING_FRAME = b": ping\n\n"
 """The heartbeat (SPEC §6): an SSE comment, ignored by every client."""
@@ -49,6 +50,9 @@ browser, but some client libraries (httpx-sse) surface it as an event with empty
 that parses every event's data as JSON."""
 
 SHUTDOWN_POLL_S = 0.2
+
+VIEWER_STALL_S = 60.0
+"""Default `stall_s` (RUNCAST_VIEWER_STALL_S): a viewer whose connection takes nothing this long is closed."""
 
 _PING: Message = {"type": "http.response.body", "body": PING_FRAME, "more_body": True}
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -128,7 +132,11 @@ def open_streams(app: Any) -> OpenStreams:
 
 class SSEResponse(Response):
     """Streams `frames` (pre-encoded SSE bytes, one body message per item) until it ends, the client goes away, or
-    `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s` without a frame."""
+    `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s` without a frame.
+
+    On uvicorn, bounded per viewer (`wire/outlet.py`): each frame is sent only once the connection can take it, and
+    the next one is asked of `frames` (a backlog page read, say) only once the last has left; a connection that takes
+    nothing for `stall_s` is aborted (the client resumes with Last-Event-ID), which releases what it held."""
 
     media_type = "text/event-stream"
 
@@ -141,9 +149,15 @@ class SSEResponse(Response):
         retry_ms: int | None = RETRY_MS,
         headers: Mapping[str, str] | None = None,
         sink: DirectSink | None = None,
+        stall_s: float = VIEWER_STALL_S,
     ) -> None:
         if ping_s <= 0:
             raise ValueError("ping_s must be positive")
+        if stall_s <= 0:
+            raise ValueError("stall_s must be positive")
+        self.stall_s = stall_s
+        self._outlet: Outlet | None = None  # the connection's write side (uvicorn), once the response has started
+        self.stalled = False  # closed because the client stopped reading
         self.frames = frames
         self.sink = sink
         self.ping_s = ping_s
@@ -187,6 +201,7 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             self._last_send = loop.time()
+            self._outlet = http_outlet(scope.get(SERVER_SEND))
             if self.sink is not None:
                 self.sink.bind(scope, prefix=self._first)
             if self.streams is not None:
@@ -202,9 +217,14 @@ class SSEResponse(Response):
                         if first:
                             frame = first + frame
                         self._sending = True
+                        await self._writable()
                         await send({"type": "http.response.body", "body": frame, "more_body": True})
-                        self._sending = False
+                        frame = b""  # the transport has its own copy; a stalled viewer must not hold two
                         self._last_send = loop.time()
+                        await self._writable()  # the next frame (a log read, say) only once this one has left
+                        self._sending = False
+                except ViewerStalled:
+                    self._abort()
                 except asyncio.CancelledError:
                     # ours (end() was called) unless someone else cancelled too: then propagate
                     if not self._ended or task.uncancel() > 0:
@@ -224,9 +244,36 @@ class SSEResponse(Response):
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()  # no-op when the iterator already ended or the interruption closed it
-        await send(_END)  # a no-op for uvicorn when the client is gone
+        if not self.stalled:
+            await self._end_body(send)
         if self.background is not None:
             await self.background()
+
+    async def _writable(self, below: int | None = None) -> None:
+        """Wait until the connection can take a write (`below`: holds at most that many bytes); ViewerStalled when
+        it took nothing for `stall_s`. No wait off uvicorn (no outlet)."""
+        outlet = self._outlet
+        if outlet is not None:
+            await wait_writable(outlet, self.stall_s, below=below)
+
+    def _abort(self) -> None:
+        """Close a stalled viewer's connection, dropping what it holds; the client resumes with Last-Event-ID."""
+        self.stalled = True
+        if self._outlet is not None:
+            self._outlet.abort()
+
+    async def _end_body(self, send: Send) -> None:
+        """The end of the body, then (uvicorn) wait until the connection has sent everything: a client that stops
+        reading after the terminal event must not keep the gateway holding its last bytes either."""
+        if self._ended:  # the client went away, or the server is shutting down: no waiting
+            await send(_END)  # a no-op for uvicorn when the client is gone
+            return
+        try:
+            await self._writable()
+            await send(_END)
+            await self._writable(below=0)
+        except ViewerStalled:
+            self._abort()
 
     async def _listen(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         """The one helper: waits for `http.disconnect` (then ends the stream) and sends the heartbeat when due.
@@ -235,7 +282,8 @@ class SSEResponse(Response):
         while True:
             due = self._last_write() + self.ping_s
             if loop.time() >= due:
-                if not self._sending:
+                outlet = self._outlet
+                if not self._sending and (outlet is None or not outlet.backed_up()):  # a backed-up one is not idle
                     await send(_PING)
                 self._last_send = loop.time()
                 continue
