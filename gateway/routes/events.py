@@ -46,18 +46,18 @@ def start_point(meta: dict[str, str], requested: str | None) -> str:
 
 async def sse_stream(
     state: GatewayState, run_id: str, after_id: str, sink: DirectSink | None = None
-) -> AsyncIterator[bytes]:
-    """Body writes of at most `WRITE_BYTES` (whole frames) per batch, so a long backlog is never one big write (the
-    response sends each once the connection can take it). Closing this iterator closes the feed's at once (the hub
-    unsubscribes). With a `sink`, the hub writes live batches to the connection itself; this yields what the
-    response must send."""
+) -> AsyncIterator[bytes | list[bytes]]:
+    """Body writes of at most `WRITE_BYTES` (whole frames, as the cached frames themselves) per batch, so a long
+    backlog is never one big write (the response sends each once the connection can take it). Closing this iterator
+    closes the feed's at once (the hub unsubscribes). With a `sink`, the hub writes live batches to the connection
+    itself; this yields what the response must send."""
     async with aclosing(state.feed.subscribe(run_id, after_id, sink=sink)) as batches:
         async for batch in batches:
             if isinstance(batch, Reset):
                 yield sse_reset_frame(batch)
             else:
                 for part in sse_parts(batch, WRITE_BYTES):
-                    yield b"".join(part)  # not kept in a local: a stalled viewer holds only what its transport does
+                    yield part  # the run's cached frames: written as they are, shared by every viewer
 
 
 @router.get(

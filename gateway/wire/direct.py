@@ -47,6 +47,11 @@ class BodyWriter(Protocol):
         """Write `data` as body bytes now; False (nothing written) when the transport is backed up or closed."""
         ...
 
+    def write_parts(self, parts: list[bytes]) -> bool:
+        """Write `parts` as one chunk of body bytes now, whatever the transport holds (the caller waited until it
+        could take them); False (nothing written) when it is closed."""
+        ...
+
 
 class _UvicornBody:
     """The state of one uvicorn HTTP/1.1 response cycle that decides whether body bytes may be written now."""
@@ -77,7 +82,16 @@ class _HttptoolsBody(_UvicornBody):
             return False
         if self.flow.write_paused or transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        # `data` is the same object for every direct viewer of this pass: the transport keeps a reference to it, not
+        # a copy, so viewers whose connections are backed up share what they hold
+        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        return True
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        if self.closed():
+            return False
+        # the parts (cached frames) are shared by every viewer of the run: referenced by the transport, not copied
+        self.transport.writelines([b"%x\r\n" % sum(map(len, parts)), *parts, b"\r\n"])
         return True
 
 
@@ -90,6 +104,12 @@ class _H11Body(_UvicornBody):
         if self.closed() or self.backed_up() or self.transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
         self.transport.write(self.cycle.conn.send(h11.Data(data=data)))
+        return True
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        if self.closed():
+            return False
+        self.transport.write(self.cycle.conn.send(h11.Data(data=b"".join(parts))))
         return True
 
 
@@ -135,6 +155,15 @@ class DirectSink:
         self._clock = asyncio.get_running_loop().time  # kept: get_running_loop() costs a getpid() per call
         self.prefix = prefix
         return self._writer is not None
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        """The response's own write of body `parts` (backlog, catch-up: it waited until the connection could take
+        them), straight to the transport like the hub's; False when unbound or closed (then it sends as usual)."""
+        writer = self._writer
+        if writer is None or not writer.write_parts(parts):
+            return False
+        self.last_write = self._clock()
+        return True
 
     def unbind(self) -> None:
         self._writer = None

@@ -33,6 +33,9 @@ MAX_BUFFERED = 64 * 1024
 WRITE_BYTES = 16 * 1024
 """The largest write made to a viewer's connection at once (a single bigger event still goes as one write)."""
 
+LOW_WATER = 16 * 1024
+"""A paused connection is written to again once it holds at most this much (uvloop's and asyncio's default)."""
+
 POLL_S = 0.05
 """How often a wait re-checks a transport whose server gives no 'writable again' signal (backed up, not paused)."""
 
@@ -76,6 +79,8 @@ class TransportOutlet:
         self._paused = paused
         self._resumed = resumed
         self.limit = limit
+        # pause (and so wait) one write before `limit`, so that the write made once unpaused stays within it
+        transport.set_write_buffer_limits(high=max(limit - WRITE_BYTES, 0), low=min(LOW_WATER, limit - WRITE_BYTES))
 
     def closed(self) -> bool:
         return self.transport.is_closing()

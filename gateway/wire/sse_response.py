@@ -131,8 +131,9 @@ def open_streams(app: Any) -> OpenStreams:
 
 
 class SSEResponse(Response):
-    """Streams `frames` (pre-encoded SSE bytes, one body message per item) until it ends, the client goes away, or
-    `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s` without a frame.
+    """Streams `frames` (pre-encoded SSE bytes, or a list of such parts: one body write per item) until it ends, the
+    client goes away, or `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s`
+    without a frame.
 
     On uvicorn, bounded per viewer (`wire/outlet.py`): each frame is sent only once the connection can take it, and
     the next one is asked of `frames` (a backlog page read, say) only once the last has left; a connection that takes
@@ -142,7 +143,7 @@ class SSEResponse(Response):
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        frames: AsyncIterator[bytes | list[bytes]],
         *,
         ping_s: float = 15.0,
         streams: OpenStreams | None = None,
@@ -214,12 +215,14 @@ class SSEResponse(Response):
                 try:
                     async for frame in frames:
                         first = self._take_first()
+                        parts = frame if isinstance(frame, list) else [frame]
                         if first:
-                            frame = first + frame
+                            parts = [first, *parts]
                         self._sending = True
                         await self._writable()
-                        await send({"type": "http.response.body", "body": frame, "more_body": True})
-                        frame = b""  # the transport has its own copy; a stalled viewer must not hold two
+                        if not self._write(parts):
+                            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                        frame = parts = []  # only the transport holds them now: a stalled viewer must not hold two
                         self._last_send = loop.time()
                         await self._writable()  # the next frame (a log read, say) only once this one has left
                         self._sending = False
@@ -255,6 +258,12 @@ class SSEResponse(Response):
         outlet = self._outlet
         if outlet is not None:
             await wait_writable(outlet, self.stall_s, below=below)
+
+    def _write(self, parts: list[bytes]) -> bool:
+        """Body parts straight to the transport (uvicorn, through the sink's writer): the parts are the run's cached
+        frames, shared by all its viewers, so what a backed-up connection holds is references, not copies."""
+        sink = self.sink
+        return sink is not None and sink.write_parts(parts)
 
     def _abort(self) -> None:
         """Close a stalled viewer's connection, dropping what it holds; the client resumes with Last-Event-ID."""

@@ -1,0 +1,179 @@
+"""Stalled viewers (real gateway, worker and redis-server processes): clients that connect, send their request and
+never read (a 4 KiB receive buffer) cost the gateway a bounded amount of memory each, whatever the run's length; a
+stalled viewer that starts reading later gets every event once, in order, up to the terminal event; one stalled
+longer than RUNCAST_VIEWER_STALL_S is closed and its resume gets exactly the rest. docs/reliability.md lists them.
+
+The run is ~6 MB (the echo agent's chunks carry the text so far): on loopback the kernel's socket buffers alone take
+a few MB per connection, so only a run bigger than that leaves anything for the gateway to hold; with the unbounded
+writes this replaced, each stalled viewer cost the gateway MBs (docs/performance.md "Stalled viewers").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from runcast.shared.keys import events_key
+from tests.support.faults import start_together
+from tests.support.processes import GatewayProcess, WorkerProcess
+from tests.support.sse import create_run, read_sse
+from tests.support.stalled import StalledViewer, memory_kib, open_stalled
+
+pytestmark = pytest.mark.slow
+
+STALLED = 100
+PER_VIEWER_KIB = 128
+"""The bound per stalled viewer (the design's ~64 KiB a transport may hold, plus the connection itself and noise)."""
+STALL_S = 2.0
+ENV = {
+    "RUNCAST_STREAM_MAXLEN": "1000000",
+    "RUNCAST_SCRIPTED_DELAY_MS": "1",
+    "RUNCAST_MAX_VIEWERS_PER_RUN": "100000",
+}
+
+
+def big_text(tokens: int = 500, size: int = 48) -> str:
+    """The echo agent's input for a run of ~6 MB: each chunk event carries the answer so far."""
+    return " ".join(f"{i:0{size}d}" for i in range(tokens))
+
+
+@pytest.fixture(scope="module")
+def deployment(module_redis_url: str) -> Iterator[tuple[GatewayProcess, WorkerProcess]]:
+    """A gateway with a 2 s stall limit, and a worker."""
+    strict = GatewayProcess(module_redis_url, **ENV, RUNCAST_VIEWER_STALL_S=str(STALL_S))
+    worker = WorkerProcess(module_redis_url, **ENV)
+    start_together(strict, worker)
+    yield strict, worker
+    for proc in (strict, worker):
+        proc.stop()
+
+
+@pytest.fixture
+def fresh_gateway(module_redis_url: str, deployment: tuple[GatewayProcess, WorkerProcess]) -> Iterator[GatewayProcess]:
+    """A gateway of its own for a memory measurement, with the default stall limit (60 s: nothing is closed)."""
+    gateway = GatewayProcess(module_redis_url, **ENV).start()
+    yield gateway
+    gateway.stop()
+
+
+def stored(redis_url: str, run_id: str) -> tuple[list[tuple[str, str]], int]:
+    """(id, type) of every entry of the run in Redis, and the bytes of its events."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        raw = client.xrange(events_key(run_id))
+    finally:
+        client.close()
+    return [(entry_id, fields["type"]) for entry_id, fields in raw], sum(len(fields["event"]) for _, fields in raw)
+
+
+async def run_watched_by_stalled_viewers(
+    gateway: GatewayProcess, http: httpx.AsyncClient, *, websocket: bool
+) -> tuple[dict, list[StalledViewer], list[tuple[str, str]], int]:
+    """A warm-up run, then a big run with STALLED stalled viewers from its start and one viewer reading it all.
+    Returns the run, the stalled viewers, the reader's (id, type) list, and the gateway's RSS before (KiB)."""
+    warm = await create_run(http, gateway.url, "echo", "warm up")
+    await read_sse(http, gateway.url, warm["run_id"], warm["token"])
+    rss_before = memory_kib(gateway.pid)["VmRSS"]
+    run = await create_run(http, gateway.url, "echo", big_text())
+    stalled = await asyncio.to_thread(
+        open_stalled, gateway.url, run["run_id"], run["token"], STALLED, websocket=websocket
+    )
+    if websocket:  # the reader speaks the same protocol: what the gateway caches per format is the run's once
+        host, port = gateway.url.removeprefix("http://").split(":")
+        reader = StalledViewer(host, int(port), run["run_id"], run["token"], websocket=True, rcvbuf=1 << 20).open()
+        read = (await asyncio.to_thread(reader.read_all, 120)).events
+    else:
+        read = [(r.id or "", r.event) for r in await read_sse(http, gateway.url, run["run_id"], run["token"])]
+    return run, stalled, read, rss_before
+
+
+async def assert_bounded_then_exact(
+    gateway: GatewayProcess, http: httpx.AsyncClient, redis_url: str, *, websocket: bool
+) -> None:
+    run, stalled, read, rss_before = await run_watched_by_stalled_viewers(gateway, http, websocket=websocket)
+    try:
+        log, run_bytes = stored(redis_url, run["run_id"])
+        assert read == log, "the reading viewer did not get every event exactly once, in order"
+        assert run_bytes > 5 << 20
+        await asyncio.sleep(1.0)  # whatever the gateway would queue for the stalled viewers, it has by now
+        peak = memory_kib(gateway.pid)["VmHWM"]
+        shared_kib = 2 * run_bytes // 1024  # the hub's in-memory tail of the run + its cached frames: once for all
+        per_viewer = (peak - rss_before - shared_kib) / STALLED
+        print(f"\n[stalled] {'ws' if websocket else 'sse'}: {STALLED} stalled viewers of a {run_bytes >> 10} KiB run:")
+        print(f"  gateway RSS {rss_before} KiB -> peak {peak} KiB; {per_viewer:.0f} KiB per stalled viewer")
+        assert per_viewer < PER_VIEWER_KIB, f"{per_viewer:.0f} KiB per stalled viewer"
+        # a stalled viewer that starts reading (well before the stall limit) gets the whole run, once, in order
+        for viewer in stalled[:3]:
+            outcome = await asyncio.to_thread(viewer.read_all, 120)
+            assert outcome.events == log and outcome.ended == "terminal", (len(outcome.events), outcome.ended)
+    finally:
+        for viewer in stalled:
+            viewer.close()
+    assert gateway.alive()
+    assert (await http.get(f"{gateway.url}/healthz")).status_code == 200
+
+
+async def test_stalled_sse_viewers_cost_bounded_memory_and_get_the_whole_run_once_when_they_read(
+    deployment: tuple[GatewayProcess, WorkerProcess],
+    fresh_gateway: GatewayProcess,
+    module_redis_url: str,
+    http: httpx.AsyncClient,
+):
+    await assert_bounded_then_exact(fresh_gateway, http, module_redis_url, websocket=False)
+    assert deployment[1].alive()
+
+
+async def test_stalled_websocket_viewers_cost_bounded_memory_and_get_the_whole_run_once_when_they_read(
+    deployment: tuple[GatewayProcess, WorkerProcess],
+    fresh_gateway: GatewayProcess,
+    module_redis_url: str,
+    http: httpx.AsyncClient,
+):
+    await assert_bounded_then_exact(fresh_gateway, http, module_redis_url, websocket=True)
+    assert deployment[1].alive()
+
+
+async def stall_count(http: httpx.AsyncClient, gateway: GatewayProcess) -> float:
+    text = (await http.get(f"{gateway.url}/metrics")).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("runcast_viewer_stalls_total"))
+
+
+@pytest.mark.parametrize("websocket", [False, True], ids=["sse", "ws"])
+async def test_a_viewer_stalled_past_the_limit_is_closed_and_its_resume_gets_exactly_the_rest(
+    deployment: tuple[GatewayProcess, WorkerProcess],
+    module_redis_url: str,
+    http: httpx.AsyncClient,
+    websocket: bool,
+):
+    strict, worker = deployment
+    closes = await stall_count(http, strict)
+    run = await create_run(http, strict.url, "echo", big_text())
+    [viewer] = await asyncio.to_thread(open_stalled, strict.url, run["run_id"], run["token"], 1, websocket=websocket)
+    await read_sse(http, strict.url, run["run_id"], run["token"])  # the run has ended
+    started = time.monotonic()
+    closed = await stall_count(http, strict)
+    while closed <= closes:
+        assert time.monotonic() - started < STALL_S + 30, "the stalled viewer was never closed"
+        await asyncio.sleep(0.1)
+        closed = await stall_count(http, strict)
+    first = await asyncio.to_thread(viewer.read_all, 60)
+    log, _ = stored(module_redis_url, run["run_id"])
+    assert first.ended != "terminal" and len(first.events) < len(log)
+    if websocket:
+        assert first.ended in ("close 1013", "eof", "reset"), first.ended
+    assert first.events == log[: len(first.events)]
+    # the client resumes after the last event it got: exactly the rest, ending with the terminal event
+    host, port = strict.url.removeprefix("http://").split(":")
+    resumed = StalledViewer(
+        host, int(port), run["run_id"], run["token"], websocket=websocket, last_event_id=first.last_id, rcvbuf=1 << 20
+    ).open()
+    rest = await asyncio.to_thread(resumed.read_all, 60)
+    assert first.events + rest.events == log and rest.ended == "terminal"
+    assert strict.alive()
+    assert worker.alive()
+    assert (await http.get(f"{strict.url}/healthz")).status_code == 200
