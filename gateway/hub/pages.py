@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from runcast.shared.streamlog import Entry
 
-PAGE_BYTES = 64 * 1024
+PAGE_BYTES = 32 * 1024
 """About how many bytes of events one backlog/catch-up page read from Redis holds (fewer entries when they are big)."""
 
 ENTRY_OVERHEAD = 64
