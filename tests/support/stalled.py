@@ -79,6 +79,7 @@ class StalledViewer:
         rcvbuf: int = SMALL_RCVBUF,
     ) -> None:
         self.host, self.port, self.websocket = host, port, websocket
+        self.run_id, self.token = run_id, token
         params = {"token": token}
         if last_event_id is not None:
             params["last_event_id"] = last_event_id
