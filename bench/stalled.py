@@ -58,7 +58,7 @@ class Cell:
 def run_text(run_kib: int) -> str:
     """The echo agent's input for a run of about `run_kib` KiB: N tokens of L characters make N chunk events of
     ~250 bytes plus the answer so far (N^2 (L+1) / 2 bytes in all)."""
-    tokens = 250 if run_kib <= 2048 else 500
+    tokens = 250 if run_kib <= 2048 else 500 if run_kib <= 8192 else 800  # the input stays under 64 KiB
     size = max(1, int(2 * (run_kib * 1024 - tokens * 250) / tokens**2) - 1)
     return " ".join(f"{i:0{size}d}" for i in range(tokens))
 
