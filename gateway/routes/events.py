@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
+from runcast.gateway import metrics
 from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
 from runcast.gateway.routes.runs import load_meta
 from runcast.gateway.schemas import READ_ERRORS, error_responses
@@ -194,6 +195,7 @@ async def _ws_close_stalled(websocket: WebSocket, outlet: Outlet | None) -> None
     """Close 1013 with a reason once the close frame can go out, within WS_CLOSE_GRACE_S; else abort the connection
     (the client sees an abnormal closure). Either way the client resumes with `last_event_id` and the gateway keeps
     nothing of this viewer."""
+    metrics.VIEWER_STALLS.inc()
     try:
         async with asyncio.timeout(WS_CLOSE_GRACE_S):
             await websocket.close(WS_STALLED, WS_STALLED_REASON)

@@ -25,8 +25,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from runcast.gateway import metrics
-
 MAX_BUFFERED = 64 * 1024
 """Unsent bytes a transport may hold before nothing more is written to it (uvicorn's own high-water mark)."""
 
@@ -137,7 +135,6 @@ async def wait_writable(outlet: Outlet, stall_s: float, *, below: int | None = N
             return
         left = since + stall_s - loop.time()
         if left <= 0:
-            metrics.VIEWER_STALLS.inc()
             raise ViewerStalled
         if below is None:
             try:

@@ -37,6 +37,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
+from runcast.gateway import metrics
 from runcast.gateway.wire.direct import SERVER_SEND, DirectSink
 from runcast.gateway.wire.outlet import Outlet, ViewerStalled, http_outlet, wait_writable
 
@@ -267,7 +268,10 @@ class SSEResponse(Response):
 
     def _abort(self) -> None:
         """Close a stalled viewer's connection, dropping what it holds; the client resumes with Last-Event-ID."""
+        if self.stalled:
+            return
         self.stalled = True
+        metrics.VIEWER_STALLS.inc()
         if self._outlet is not None:
             self._outlet.abort()
 
@@ -287,12 +291,23 @@ class SSEResponse(Response):
     async def _listen(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         """The one helper: waits for `http.disconnect` (then ends the stream) and sends the heartbeat when due.
 
-        A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send()."""
+        A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send().
+        When the heartbeat is due and the connection is backed up (the hub wrote to it until it could take no more,
+        and the run has been quiet since), nothing is sent: the helper waits for it to drain instead, and ends a
+        stalled viewer after `stall_s`, as the handler does while it sends."""
         while True:
             due = self._last_write() + self.ping_s
             if loop.time() >= due:
                 outlet = self._outlet
-                if not self._sending and (outlet is None or not outlet.backed_up()):  # a backed-up one is not idle
+                if outlet is not None and outlet.backed_up():
+                    if not self._sending:  # else the handler's own wait is on it
+                        try:
+                            await wait_writable(outlet, self.stall_s)
+                        except ViewerStalled:
+                            self._abort()
+                            self.end()
+                            return
+                elif not self._sending:
                     await send(_PING)
                 self._last_send = loop.time()
                 continue
