@@ -18,6 +18,7 @@ import httpx
 import pytest
 import redis
 
+import runcast
 from runcast.shared.keys import events_key
 from tests.support.faults import start_together
 from tests.support.processes import GatewayProcess, WorkerProcess
@@ -47,8 +48,8 @@ def big_text(tokens: int = 500, size: int = 48) -> str:
 
 @pytest.fixture(scope="module")
 def deployment(module_redis_url: str) -> Iterator[tuple[GatewayProcess, WorkerProcess]]:
-    """A gateway with a 2 s stall limit, and a worker."""
-    strict = GatewayProcess(module_redis_url, **ENV, RUNCAST_VIEWER_STALL_S=str(STALL_S))
+    """A gateway with a 2 s stall limit (and a 1 s heartbeat: a quiet stream is checked every second), and a worker."""
+    strict = GatewayProcess(module_redis_url, **ENV, RUNCAST_VIEWER_STALL_S=str(STALL_S), RUNCAST_SSE_PING_S="1")
     worker = WorkerProcess(module_redis_url, **ENV)
     start_together(strict, worker)
     yield strict, worker
@@ -177,3 +178,32 @@ async def test_a_viewer_stalled_past_the_limit_is_closed_and_its_resume_gets_exa
     assert strict.alive()
     assert worker.alive()
     assert (await http.get(f"{strict.url}/healthz")).status_code == 200
+
+
+async def test_a_viewer_stalled_on_a_run_that_went_quiet_is_closed_too_and_resumes_exactly(
+    deployment: tuple[GatewayProcess, WorkerProcess], module_redis_url: str, http: httpx.AsyncClient
+):
+    """No event comes after the stall: whichever way the viewer was being fed when it backed up (its own task
+    catching up, which waits for the connection; or the hub writing to it directly until it could take no more, then
+    nothing: the heartbeat helper finds it backed up and waits instead), it is closed after the limit all the same."""
+    strict, _ = deployment
+    closes = await stall_count(http, strict)
+    run = await create_run(http, strict.url, "support", "hi", external=True)  # published from here
+    [viewer] = await asyncio.to_thread(open_stalled, strict.url, run["run_id"], run["token"], 1)
+    async with runcast.publisher(module_redis_url, lost_s=30).run(run["run_id"]) as producer:
+        for _ in range(120):  # ~7 MB: each chunk event carries the text so far
+            await producer.chunk("x" * 1000)
+        started = time.monotonic()
+        while await stall_count(http, strict) <= closes:  # the run stays open and quiet meanwhile
+            assert time.monotonic() - started < STALL_S + 30, "the stalled viewer of a quiet run was never closed"
+            await asyncio.sleep(0.1)
+        first = await asyncio.to_thread(viewer.read_all, 60)
+    log, _ = stored(module_redis_url, run["run_id"])
+    assert first.ended in ("eof", "reset") and 0 < len(first.events) < len(log)
+    host, port = strict.url.removeprefix("http://").split(":")
+    resumed = StalledViewer(
+        host, int(port), run["run_id"], run["token"], last_event_id=first.last_id, rcvbuf=1 << 20
+    ).open()
+    rest = await asyncio.to_thread(resumed.read_all, 60)
+    assert first.events + rest.events == log and rest.ended == "terminal"
+    assert strict.alive()
