@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 NODE_STAMP := tests/node/node_modules/.package-lock.json
 
-.PHONY: demo test lint docs bench bench-runs bench-frameworks soak venv clean
+.PHONY: demo test lint docs bench bench-runs bench-frameworks bench-stalled soak venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ BEFORE ?= 2660476
 REPEAT ?= 3
 bench-runs: $(STAMP)
 	$(BIN)/python -m bench.runs --before $(BEFORE) --repeat $(REPEAT) $(BENCH_ARGS)
+
+# Viewers that never read (docs/performance.md "Stalled viewers"): the gateway's RSS with 1,000 of them.
+# BENCH_ARGS="--before 74ceea1" adds the gateway from before the bound, side by side.
+bench-stalled: $(STAMP)
+	$(BIN)/python -m bench.stalled $(BENCH_ARGS)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --cycles 1000

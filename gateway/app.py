@@ -41,11 +41,12 @@ FeedFactory = Callable[[StreamLog], EventFeed]
 
 
 class GatewayApp(FastAPI):
-    """FastAPI, plus the server's own `send` kept in each HTTP scope (`wire.direct.SERVER_SEND`): what lets the hub
-    write a live SSE viewer's frames to its connection itself (`runcast.gateway.wire.direct`)."""
+    """FastAPI, plus the server's own `send` kept in each HTTP and WebSocket scope (`wire.direct.SERVER_SEND`): what
+    lets the hub write a live SSE viewer's frames to its connection itself (`runcast.gateway.wire.direct`), and a
+    viewer's response see how much its connection holds unsent (`runcast.gateway.wire.outlet`)."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             scope[SERVER_SEND] = send
         await super().__call__(scope, receive, send)
 

@@ -26,6 +26,10 @@ STREAM_READS = Counter(
 )
 GAP_FILLS = Counter("runcast_hub_gap_fills", "Times a followed run was read from the log to fill a gap (resubscribe)")
 CATCHUPS = Counter("runcast_hub_catchups", "Times a subscriber fell behind, was detached and caught up from the log")
+VIEWER_STALLS = Counter(
+    "runcast_viewer_stalls",
+    "SSE/WebSocket viewers closed (resumably) because their connection took nothing for RUNCAST_VIEWER_STALL_S",
+)
 READER_ERRORS = Counter("runcast_hub_reader_errors", "Redis errors seen by hub readers (each: back off, reconnect)")
 
 

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     max_input_bytes: int = Field(64 * 1024, ge=1)
     token_ttl_s: int = Field(86_400, ge=1, description="how long a run's subscribe token stays valid")
     sse_ping_s: float = Field(15.0, gt=0, description="idle heartbeat period on SSE streams")
+    viewer_stall_s: float = Field(
+        60.0,
+        gt=0,
+        description="an SSE/WebSocket viewer whose connection takes nothing this long is closed (it resumes)",
+    )
     queue_name: str = "runcast:queue"
     feed: Literal["hub", "direct"] = Field(
         "hub", description="gateway read path: `hub` (one live reader per process) or `direct` (one per viewer)"

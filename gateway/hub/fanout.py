@@ -29,6 +29,7 @@ from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
 from runcast.gateway import metrics
 from runcast.gateway.hub.gaps import GapFiller, QuietRuns
+from runcast.gateway.hub.pages import PAGE_BYTES, entry_sizes, page_count
 from runcast.gateway.hub.reader import PING_S, LiveReader
 from runcast.gateway.hub.routing import routing_for
 from runcast.gateway.hub.run import RunFeed
@@ -64,6 +65,7 @@ class Hub:
         queue_size: int = 1024,
         history_size: int = 2048,
         page_size: int = 500,
+        page_bytes: int = PAGE_BYTES,
         max_connections: int = 8,
         idle_check_s: float = 30.0,
         ping_s: float = PING_S,
@@ -85,6 +87,7 @@ class Hub:
         self.queue_size = queue_size
         self.history_size = history_size
         self.page_size = page_size
+        self.page_bytes = page_bytes
         self.idle_check_s = idle_check_s
         self.ping_s = ping_s
         self.runs: dict[str, RunFeed] = {}
@@ -186,19 +189,22 @@ class Hub:
         return sink is not None and sink.ready and sub.attached and entry_key(last) >= run.cursor_key
 
     async def _backlog_from_redis(self, run: RunFeed, last: str) -> AsyncIterator[Batch]:
-        """Reset (when `last` was trimmed), then every entry after `last` up to the stream's end, in pages."""
+        """Reset (when `last` was trimmed), then every entry after `last` up to the stream's end, in pages of about
+        `page_bytes` (sized from the run's recent entries, then from the last page read; at most `page_size`)."""
         metrics.count_read("xrange")
         reset = await retrying(partial(self.log.check_gap, run.run_id, last))
         if reset is not None:
             yield reset
+        count = page_count(entry_sizes(run.history), self.page_bytes, self.page_size)
         while True:
             metrics.count_read("xrange")
-            page = await retrying(partial(self.log.read_after, run.run_id, last, count=self.page_size))
+            page = await retrying(partial(self.log.read_after, run.run_id, last, count=count))
             if page:
                 yield page
                 last = page[-1].id
-            if len(page) < self.page_size or page[-1].is_terminal:
+            if len(page) < count or page[-1].is_terminal:
                 return
+            count = page_count(entry_sizes(page), self.page_bytes, self.page_size)
             if run.covers(last):  # the rest is in memory: the caller's inbox/history splice takes it from here
                 tail = run.history_after(last)
                 if tail:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from runcast.shared.ids import START_ID, entry_key
 from runcast.shared.streamlog import Entry
@@ -30,7 +30,9 @@ class Sink(Protocol):
 
     `encode` is the viewer's format: subscribers with the same `encode` get the same bytes, encoded once per pass.
     `ready`: the hub may start writing to it now (bound to a connection that is open and not backed up; while it is
-    not, the viewer's own task sends, and waits for the connection to drain). `write` must not block: True when
+    not, the viewer's own task sends, and waits for the connection to drain). A sink may also have a `backed_up`
+    property: bound to a connection that holds more unsent bytes than it may (the hub then queues nothing for it, see
+    `Subscriber.offer`). `write` must not block: True when
     the bytes were taken; False when the connection cannot take more now (backed up: the hub detaches the
     subscriber to catch-up) or is gone (`closed`: the subscriber ends)."""
 
@@ -61,6 +63,7 @@ class Subscriber:
         "last_id",
         "last_key",
         "max_queue",
+        "pressure",
         "sink",
     )
 
@@ -69,6 +72,7 @@ class Subscriber:
             raise ValueError("max_queue must be at least 1")
         self.max_queue = max_queue
         self.sink = sink
+        self.pressure: Any = sink if hasattr(sink, "backed_up") else None  # a sink that tells when it is backed up
         self._inbox: list[Entry] = []
         self._waiter: asyncio.Future[None] | None = None
         self._woken = False
@@ -83,8 +87,10 @@ class Subscriber:
         return len(self._inbox)
 
     def offer(self, entries: list[Entry]) -> bool:
-        """Called by the run's pass: queue `entries`, or (inbox full) mark this subscriber lagging; False then."""
-        if len(self._inbox) + len(entries) > self.max_queue:
+        """Called by the run's pass: queue `entries`, or (inbox full, or its connection backed up: the viewer is not
+        reading, so nothing is kept for it) mark this subscriber lagging; False then."""
+        pressure = self.pressure
+        if len(self._inbox) + len(entries) > self.max_queue or (pressure is not None and pressure.backed_up):
             self.detach(lagging=True)
             return False
         self._inbox.extend(entries)

@@ -66,6 +66,7 @@ def ui_stream_response(request: Request, state: GatewayState, run_id: str) -> SS
         streams=open_streams(request.app),
         retry_ms=None,
         headers=headers,
+        stall_s=state.settings.viewer_stall_s,
     )
 
 

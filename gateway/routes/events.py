@@ -10,12 +10,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request, WebSocket, WebSocketDisconnect
 
+from runcast.gateway import metrics
 from runcast.gateway.guards.auth import readable_run, resume_id, valid_run_id
 from runcast.gateway.routes.runs import load_meta
 from runcast.gateway.schemas import READ_ERRORS, error_responses
 from runcast.gateway.state import GatewayState, get_state
-from runcast.gateway.wire.direct import DirectSink
-from runcast.gateway.wire.frames import sse_batch, sse_live, sse_reset_frame, ws_message, ws_reset_message
+from runcast.gateway.wire.direct import SERVER_SEND, DirectSink
+from runcast.gateway.wire.frames import sse_live, sse_parts, sse_reset_frame, ws_message, ws_reset_message
+from runcast.gateway.wire.outlet import WRITE_BYTES, Outlet, ViewerStalled, wait_writable, ws_outlet
 from runcast.gateway.wire.sse_response import SSEResponse, open_streams
 from runcast.shared.ids import START_ID, BadEntryId, entry_key, parse_entry_id
 from runcast.shared.streamlog import Reset
@@ -24,6 +26,13 @@ router = APIRouter(prefix="/v1", tags=["events"])
 
 WS_FIRST_MESSAGE_WAIT_S = 1.0
 """How long the WebSocket waits for an optional `{"last_event_id": ...}` before streaming from the start."""
+
+WS_STALLED = 1013
+"""Close code for a WebSocket viewer that took nothing for RUNCAST_VIEWER_STALL_S: "try again later" (resume with
+`last_event_id`); clients already retry on it (it is also the viewer cap's code)."""
+WS_STALLED_REASON = "viewer stalled: reconnect with last_event_id"
+WS_CLOSE_GRACE_S = 5.0
+"""How long the close frame of a stalled WebSocket may wait to go out before the connection is aborted."""
 
 
 def start_point(meta: dict[str, str], requested: str | None) -> str:
@@ -38,12 +47,18 @@ def start_point(meta: dict[str, str], requested: str | None) -> str:
 
 async def sse_stream(
     state: GatewayState, run_id: str, after_id: str, sink: DirectSink | None = None
-) -> AsyncIterator[bytes]:
-    """One body write per batch. Closing this iterator closes the feed's at once (the hub unsubscribes). With a
-    `sink`, the hub writes live batches to the connection itself; this yields what the response must send."""
+) -> AsyncIterator[bytes | list[bytes]]:
+    """Body writes of at most `WRITE_BYTES` (whole frames, as the cached frames themselves) per batch, so a long
+    backlog is never one big write (the response sends each once the connection can take it). Closing this iterator
+    closes the feed's at once (the hub unsubscribes). With a `sink`, the hub writes live batches to the connection
+    itself; this yields what the response must send."""
     async with aclosing(state.feed.subscribe(run_id, after_id, sink=sink)) as batches:
         async for batch in batches:
-            yield sse_reset_frame(batch) if isinstance(batch, Reset) else sse_batch(batch)
+            if isinstance(batch, Reset):
+                yield sse_reset_frame(batch)
+            else:
+                for part in sse_parts(batch, WRITE_BYTES):
+                    yield part  # the run's cached frames: written as they are, shared by every viewer
 
 
 @router.get(
@@ -89,6 +104,7 @@ async def run_events(
         ping_s=state.settings.sse_ping_s,
         streams=open_streams(request.app),
         sink=sink,
+        stall_s=state.settings.viewer_stall_s,
     )
 
 
@@ -142,7 +158,9 @@ async def run_ws(websocket: WebSocket, run_id: str) -> None:
         return
     except WebSocketDisconnect:
         return
-    sender = asyncio.create_task(_ws_send(websocket, state, run_id, after_id))
+    outlet = ws_outlet(websocket.scope.get(SERVER_SEND))
+    stall_s = state.settings.viewer_stall_s
+    sender = asyncio.create_task(_ws_send(websocket, state, run_id, after_id, outlet, stall_s))
     receiver = asyncio.create_task(_ws_drain(websocket))
     done, pending = await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
@@ -150,15 +168,40 @@ async def run_ws(websocket: WebSocket, run_id: str) -> None:
     await asyncio.gather(*pending, return_exceptions=True)
     if sender in done and sender.exception() is None:
         await websocket.close(1000)
+    elif sender in done and isinstance(sender.exception(), ViewerStalled):
+        await _ws_close_stalled(websocket, outlet)
 
 
-async def _ws_send(websocket: WebSocket, state: GatewayState, run_id: str, after_id: str) -> None:
-    async for batch in state.feed.subscribe(run_id, after_id):
-        if isinstance(batch, Reset):
-            await websocket.send_text(ws_reset_message(batch))
-        else:
+async def _ws_send(
+    websocket: WebSocket, state: GatewayState, run_id: str, after_id: str, outlet: Outlet | None, stall_s: float
+) -> None:
+    """One message per entry, each sent once the connection can take it (`wire/outlet.py`): the next batch (a log
+    read, say) is only asked for once the last one has left. ViewerStalled when the client took nothing for
+    `stall_s`."""
+    async with aclosing(state.feed.subscribe(run_id, after_id)) as batches:
+        async for batch in batches:
+            if isinstance(batch, Reset):
+                if outlet is not None:
+                    await wait_writable(outlet, stall_s)
+                await websocket.send_text(ws_reset_message(batch))
+                continue
             for entry in batch:
+                if outlet is not None:
+                    await wait_writable(outlet, stall_s)
                 await websocket.send_text(ws_message(entry))
+
+
+async def _ws_close_stalled(websocket: WebSocket, outlet: Outlet | None) -> None:
+    """Close 1013 with a reason once the close frame can go out, within WS_CLOSE_GRACE_S; else abort the connection
+    (the client sees an abnormal closure). Either way the client resumes with `last_event_id` and the gateway keeps
+    nothing of this viewer."""
+    metrics.VIEWER_STALLS.inc()
+    try:
+        async with asyncio.timeout(WS_CLOSE_GRACE_S):
+            await websocket.close(WS_STALLED, WS_STALLED_REASON)
+    except Exception:  # the close frame could not go out in time (or the client is gone meanwhile)
+        if outlet is not None:
+            outlet.abort()
 
 
 async def _ws_drain(websocket: WebSocket) -> None:

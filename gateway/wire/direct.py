@@ -15,9 +15,10 @@ if the client is gone, frame the bytes as one HTTP/1.1 chunk (httptools: by hand
 middlewares never touch bodies. Any other server, or uvicorn with a send wrapper (`--log-level trace`), gets no writer:
 the viewer is served through `send` as before (`DirectSink.ready` stays False).
 
-The bound per viewer: a write is refused once the transport holds more than `MAX_BUFFERED` unsent bytes (or uvicorn
-paused writing), so what the gateway holds for a stalled viewer is at most that plus one batch, beyond the kernel's
-socket buffer; from there the viewer's own task catches up from memory or the log through `send`, which waits.
+The bound per viewer: a write is refused when the transport would then hold more than `MAX_BUFFERED` unsent bytes (or
+uvicorn paused writing), so what the gateway holds for a stalled viewer through the hub is at most that, beyond the
+kernel's socket buffer; from there the viewer's own task catches up from memory or the log through `send`, one
+bounded write at a time, each once the connection can take it (`wire/outlet.py`).
 """
 
 from __future__ import annotations
@@ -30,13 +31,11 @@ from typing import Any, Protocol
 import h11
 
 from runcast.gateway.hub.subscriber import Encode
+from runcast.gateway.wire.outlet import MAX_BUFFERED
 
 SERVER_SEND = "runcast.server_send"
 """Scope key under which the app keeps the server's own `send` (see `GatewayApp`): the route's `send` is wrapped by
 Starlette's middlewares, and only the server's own one leads to the connection."""
-
-MAX_BUFFERED = 64 * 1024
-"""Unsent bytes a transport may hold before the hub stops writing to it (uvicorn's own high-water mark is 64 KiB)."""
 
 
 class BodyWriter(Protocol):
@@ -46,6 +45,11 @@ class BodyWriter(Protocol):
 
     def write(self, data: bytes) -> bool:
         """Write `data` as body bytes now; False (nothing written) when the transport is backed up or closed."""
+        ...
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        """Write `parts` as one chunk of body bytes now, whatever the transport holds (the caller waited until it
+        could take them); False (nothing written) when it is closed."""
         ...
 
 
@@ -76,9 +80,18 @@ class _HttptoolsBody(_UvicornBody):
         cycle, transport = self.cycle, self.transport  # closed() and backed_up() inlined: once per viewer per event
         if cycle.disconnected or cycle.response_complete or transport.is_closing():
             return False
-        if self.flow.write_paused or transport.get_write_buffer_size() > self.max_buffered:
+        if self.flow.write_paused or transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        # `data` is the same object for every direct viewer of this pass: the transport keeps a reference to it, not
+        # a copy, so viewers whose connections are backed up share what they hold
+        transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        return True
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        if self.closed():
+            return False
+        # the parts (cached frames) are shared by every viewer of the run: referenced by the transport, not copied
+        self.transport.writelines([b"%x\r\n" % sum(map(len, parts)), *parts, b"\r\n"])
         return True
 
 
@@ -88,9 +101,15 @@ class _H11Body(_UvicornBody):
     __slots__ = ()
 
     def write(self, data: bytes) -> bool:
-        if self.closed() or self.backed_up():
+        if self.closed() or self.backed_up() or self.transport.get_write_buffer_size() + len(data) > self.max_buffered:
             return False
         self.transport.write(self.cycle.conn.send(h11.Data(data=data)))
+        return True
+
+    def write_parts(self, parts: list[bytes]) -> bool:
+        if self.closed():
+            return False
+        self.transport.write(self.cycle.conn.send(h11.Data(data=b"".join(parts))))
         return True
 
 
@@ -137,6 +156,15 @@ class DirectSink:
         self.prefix = prefix
         return self._writer is not None
 
+    def write_parts(self, parts: list[bytes]) -> bool:
+        """The response's own write of body `parts` (backlog, catch-up: it waited until the connection could take
+        them), straight to the transport like the hub's; False when unbound or closed (then it sends as usual)."""
+        writer = self._writer
+        if writer is None or not writer.write_parts(parts):
+            return False
+        self.last_write = self._clock()
+        return True
+
     def unbind(self) -> None:
         self._writer = None
 
@@ -153,6 +181,12 @@ class DirectSink:
     @property
     def closed(self) -> bool:
         return self._writer is not None and self._writer.closed()
+
+    @property
+    def backed_up(self) -> bool:
+        """Bound and holding more unsent bytes than it may (its client is not reading, or not fast enough)."""
+        writer = self._writer
+        return writer is not None and writer.backed_up()
 
     def write(self, data: bytes) -> bool:
         writer = self._writer

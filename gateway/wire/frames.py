@@ -7,7 +7,7 @@ encoded once per event, not once per viewer.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import lru_cache
 
 from sse_starlette import ServerSentEvent
@@ -35,6 +35,22 @@ def sse_reset_frame(reset: Reset) -> bytes:
 def sse_batch(entries: Sequence[Entry]) -> bytes:
     """Several waiting events become one write."""
     return b"".join(map(sse_frame, entries))
+
+
+def sse_parts(entries: Sequence[Entry], limit: int) -> Iterator[list[bytes]]:
+    """`entries`' frames in groups of at most `limit` bytes (a frame bigger than `limit` goes alone), one body write
+    each, so a long backlog is never one big write: each waits until the connection can take it (`wire/outlet.py`).
+    Groups of the cached frames rather than joined bytes: the caller joins each as it sends it and keeps no copy."""
+    pending: list[bytes] = []
+    size = 0
+    for frame in map(sse_frame, entries):
+        if pending and size + len(frame) > limit:
+            yield pending
+            pending, size = [], 0
+        pending.append(frame)
+        size += len(frame)
+    if pending:
+        yield pending
 
 
 def sse_live(entries: Sequence[Entry]) -> bytes:

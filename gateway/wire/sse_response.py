@@ -37,7 +37,9 @@ from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from runcast.gateway.wire.direct import DirectSink
+from runcast.gateway import metrics
+from runcast.gateway.wire.direct import SERVER_SEND, DirectSink
+from runcast.gateway.wire.outlet import Outlet, ViewerStalled, http_outlet, wait_writable
 
 PING_FRAME = b": ping\n\n"
 """The heartbeat (SPEC §6): an SSE comment, ignored by every client."""
@@ -49,6 +51,9 @@ browser, but some client libraries (httpx-sse) surface it as an event with empty
 that parses every event's data as JSON."""
 
 SHUTDOWN_POLL_S = 0.2
+
+VIEWER_STALL_S = 60.0
+"""Default `stall_s` (RUNCAST_VIEWER_STALL_S): a viewer whose connection takes nothing this long is closed."""
 
 _PING: Message = {"type": "http.response.body", "body": PING_FRAME, "more_body": True}
 _END: Message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -127,23 +132,34 @@ def open_streams(app: Any) -> OpenStreams:
 
 
 class SSEResponse(Response):
-    """Streams `frames` (pre-encoded SSE bytes, one body message per item) until it ends, the client goes away, or
-    `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s` without a frame."""
+    """Streams `frames` (pre-encoded SSE bytes, or a list of such parts: one body write per item) until it ends, the
+    client goes away, or `streams` closes. Puts `retry:` in the first frame and sends `PING_FRAME` after `ping_s`
+    without a frame.
+
+    On uvicorn, bounded per viewer (`wire/outlet.py`): each frame is sent only once the connection can take it, and
+    the next one is asked of `frames` (a backlog page read, say) only once the last has left; a connection that takes
+    nothing for `stall_s` is aborted (the client resumes with Last-Event-ID), which releases what it held."""
 
     media_type = "text/event-stream"
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        frames: AsyncIterator[bytes | list[bytes]],
         *,
         ping_s: float = 15.0,
         streams: OpenStreams | None = None,
         retry_ms: int | None = RETRY_MS,
         headers: Mapping[str, str] | None = None,
         sink: DirectSink | None = None,
+        stall_s: float = VIEWER_STALL_S,
     ) -> None:
         if ping_s <= 0:
             raise ValueError("ping_s must be positive")
+        if stall_s <= 0:
+            raise ValueError("stall_s must be positive")
+        self.stall_s = stall_s
+        self._outlet: Outlet | None = None  # the connection's write side (uvicorn), once the response has started
+        self.stalled = False  # closed because the client stopped reading
         self.frames = frames
         self.sink = sink
         self.ping_s = ping_s
@@ -187,6 +203,7 @@ class SSEResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
             self._last_send = loop.time()
+            self._outlet = http_outlet(scope.get(SERVER_SEND))
             if self.sink is not None:
                 self.sink.bind(scope, prefix=self._first)
             if self.streams is not None:
@@ -199,12 +216,19 @@ class SSEResponse(Response):
                 try:
                     async for frame in frames:
                         first = self._take_first()
+                        parts = frame if isinstance(frame, list) else [frame]
                         if first:
-                            frame = first + frame
+                            parts = [first, *parts]
                         self._sending = True
-                        await send({"type": "http.response.body", "body": frame, "more_body": True})
-                        self._sending = False
+                        await self._writable()
+                        if not self._write(parts):
+                            await send({"type": "http.response.body", "body": b"".join(parts), "more_body": True})
+                        frame = parts = []  # only the transport holds them now: a stalled viewer must not hold two
                         self._last_send = loop.time()
+                        await self._writable()  # the next frame (a log read, say) only once this one has left
+                        self._sending = False
+                except ViewerStalled:
+                    self._abort()
                 except asyncio.CancelledError:
                     # ours (end() was called) unless someone else cancelled too: then propagate
                     if not self._ended or task.uncancel() > 0:
@@ -224,18 +248,66 @@ class SSEResponse(Response):
             aclose = getattr(frames, "aclose", None)
             if aclose is not None:
                 await aclose()  # no-op when the iterator already ended or the interruption closed it
-        await send(_END)  # a no-op for uvicorn when the client is gone
+        if not self.stalled:
+            await self._end_body(send)
         if self.background is not None:
             await self.background()
+
+    async def _writable(self, below: int | None = None) -> None:
+        """Wait until the connection can take a write (`below`: holds at most that many bytes); ViewerStalled when
+        it took nothing for `stall_s`. No wait off uvicorn (no outlet)."""
+        outlet = self._outlet
+        if outlet is not None:
+            await wait_writable(outlet, self.stall_s, below=below)
+
+    def _write(self, parts: list[bytes]) -> bool:
+        """Body parts straight to the transport (uvicorn, through the sink's writer): the parts are the run's cached
+        frames, shared by all its viewers, so what a backed-up connection holds is references, not copies."""
+        sink = self.sink
+        return sink is not None and sink.write_parts(parts)
+
+    def _abort(self) -> None:
+        """Close a stalled viewer's connection, dropping what it holds; the client resumes with Last-Event-ID."""
+        if self.stalled:
+            return
+        self.stalled = True
+        metrics.VIEWER_STALLS.inc()
+        if self._outlet is not None:
+            self._outlet.abort()
+
+    async def _end_body(self, send: Send) -> None:
+        """The end of the body, then (uvicorn) wait until the connection has sent everything: a client that stops
+        reading after the terminal event must not keep the gateway holding its last bytes either."""
+        if self._ended:  # the client went away, or the server is shutting down: no waiting
+            await send(_END)  # a no-op for uvicorn when the client is gone
+            return
+        try:
+            await self._writable()
+            await send(_END)
+            await self._writable(below=0)
+        except ViewerStalled:
+            self._abort()
 
     async def _listen(self, receive: Receive, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         """The one helper: waits for `http.disconnect` (then ends the stream) and sends the heartbeat when due.
 
-        A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send()."""
+        A heartbeat may be sent while the handler's task waits for the next frame, never while it is inside send().
+        When the heartbeat is due and the connection is backed up (the hub wrote to it until it could take no more,
+        and the run has been quiet since), nothing is sent: the helper waits for it to drain instead, and ends a
+        stalled viewer after `stall_s`, as the handler does while it sends."""
         while True:
             due = self._last_write() + self.ping_s
             if loop.time() >= due:
-                if not self._sending:
+                outlet = self._outlet
+                if outlet is not None and outlet.backed_up():
+                    if not self._sending:  # else the handler's own wait is on it
+                        try:
+                            await wait_writable(outlet, self.stall_s)
+                        except ViewerStalled:
+                            self._abort()
+                            self.end()
+                            return
+                elif not self._sending:
                     await send(_PING)
                 self._last_send = loop.time()
                 continue
