@@ -12,7 +12,12 @@ import pytest
 import redis
 
 from tests.support.eventsource import ResumingViewer
-from tests.support.faults import as_log, assert_clean_run, start_together, stored_log, wait_until, words
+from tests.support.faults import (
+    assert_every_viewer_exact,
+    start_together,
+    wait_until,
+    words,
+)
 from tests.support.processes import GatewayProcess, WorkerProcess
 from tests.support.redis_server import RedisServer, redis_server_available
 from tests.support.sse import create_run, read_sse
@@ -53,15 +58,6 @@ async def start_viewers(
     return runs, viewers, tasks
 
 
-async def assert_every_viewer_exact(redis_url: str, runs: list[dict], viewers: list[ResumingViewer]) -> None:
-    for i, run in enumerate(runs):
-        log = await stored_log(redis_url, run["run_id"])
-        assert_clean_run(log, words(TOKENS, f"r{i}-"))
-        for viewer in viewers:
-            if viewer.run_id == run["run_id"]:
-                assert as_log(viewer.received) == log
-
-
 async def assert_still_serving(http: httpx.AsyncClient, gateway: GatewayProcess, worker: WorkerProcess) -> None:
     """After the fault both processes are alive and a new run goes through end to end."""
     run = await create_run(http, gateway.url, "echo", "after the fault")
@@ -84,7 +80,7 @@ async def test_killed_redis_connections_lose_and_duplicate_nothing(
     await asyncio.gather(*tasks)
 
     assert killed >= 6, "the fault was not injected: no gateway/worker connections were killed"
-    await assert_every_viewer_exact(durable_redis.url, runs, viewers)
+    await assert_every_viewer_exact(durable_redis.url, runs, viewers, TOKENS)
     await assert_still_serving(http, gateway, worker)
     report(f"CLIENT KILL x3: {killed} connections killed", viewers, worker)
 
@@ -118,7 +114,7 @@ async def test_redis_restart_mid_stream_with_aof_loses_and_duplicates_nothing(
     assert 503 in down, f"/readyz must report not-ready while Redis is down, saw {sorted(set(down))}"
     assert while_down.status_code == 503 and while_down.headers["retry-after"] == "1", while_down.text
     assert "unavailable" in while_down.json()["detail"]
-    await assert_every_viewer_exact(durable_redis.url, runs, viewers)
+    await assert_every_viewer_exact(durable_redis.url, runs, viewers, TOKENS)
     await assert_still_serving(http, gateway, worker)
     report("redis-server SIGKILL + 1 s down + restart (AOF)", viewers, worker)
 

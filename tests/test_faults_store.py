@@ -38,7 +38,7 @@ from tests.support.eventsource import ResumingViewer
 from tests.support.faults import (
     as_log,
     assert_a_new_run_streams_cleanly,
-    assert_clean_run,
+    assert_every_viewer_exact,
     start_together,
     stored_log,
     wait_until,
@@ -130,19 +130,6 @@ def assert_clear_refusals(responses: list[httpx.Response], words_in_detail: str)
     return accepted
 
 
-async def assert_every_viewer_exact(redis_url: str, runs: list[dict], viewers: list[ResumingViewer]) -> int:
-    """Every run was published once, complete; every viewer received exactly the stored log. The events counted."""
-    delivered = 0
-    for i, run in enumerate(runs):
-        log = await stored_log(redis_url, run["run_id"])
-        assert_clean_run(log, words(TOKENS, f"r{i}-"))
-        for viewer in viewers:
-            if viewer.run_id == run["run_id"]:
-                assert as_log(viewer.received) == log
-                delivered += len(viewer.received)
-    return delivered
-
-
 async def watch_to_the_end(http: httpx.AsyncClient, gateway: GatewayProcess, runs: list[dict]) -> None:
     """Runs accepted during the fault reach their terminal event: completed, once."""
     for run in runs:
@@ -173,7 +160,7 @@ async def test_memory_full_for_less_than_the_retry_limit_loses_and_duplicates_no
     assert [e.event for e in fresh] == ["start", "chunk", "chunk"], fresh
     accepted = assert_clear_refusals(creates, "out of memory")
     await watch_to_the_end(http, gateway, accepted)
-    delivered = await assert_every_viewer_exact(server.url, runs, viewers)
+    delivered = await assert_every_viewer_exact(server.url, runs, viewers, TOKENS)
     assert "OutOfMemoryError" in worker.log(), "the fault did not reach the worker's appends"
     assert worker.alive() and gateway.alive(), worker.log()[-3000:]
     await assert_a_new_run_streams_cleanly(http, gateway.url, server.url)
@@ -196,7 +183,7 @@ async def test_misconf_for_less_than_the_retry_limit_loses_and_duplicates_nothin
 
     accepted = assert_clear_refusals(creates, "MISCONF")
     await watch_to_the_end(http, gateway, accepted)
-    delivered = await assert_every_viewer_exact(server.url, runs, viewers)
+    delivered = await assert_every_viewer_exact(server.url, runs, viewers, TOKENS)
     assert "MisconfError" in worker.log(), "the fault did not reach the worker"
     assert worker.alive() and gateway.alive(), worker.log()[-3000:]
     await assert_a_new_run_streams_cleanly(http, gateway.url, server.url)

@@ -42,6 +42,22 @@ def assert_clean_run(log: list[tuple[str, str, dict[str, Any]]], text: str) -> N
     assert "".join(c["delta"] for c in chunks) == text
 
 
+async def assert_every_viewer_exact(
+    redis_url: str, runs: list[dict[str, Any]], viewers: list[ResumingViewer], tokens: int
+) -> int:
+    """Every run was published once and complete (run i says `words(tokens, "r<i>-")`); every viewer received exactly
+    its run's stored log. Returns the events delivered, counted."""
+    delivered = 0
+    for i, run in enumerate(runs):
+        log = await stored_log(redis_url, run["run_id"])
+        assert_clean_run(log, words(tokens, f"r{i}-"))
+        for viewer in viewers:
+            if viewer.run_id == run["run_id"]:
+                assert as_log(viewer.received) == log
+                delivered += len(viewer.received)
+    return delivered
+
+
 async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
