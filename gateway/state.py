@@ -23,5 +23,5 @@ class GatewayState:
     secret: bytes
 
 
-def get_state(request: Request) -> GatewayState:
+async def get_state(request: Request) -> GatewayState:
     return request.app.state.runcast

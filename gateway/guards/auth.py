@@ -1,4 +1,9 @@
-"""Request checks shared by routes: run ids, per-run tokens, API keys, resume ids."""
+"""Request checks shared by routes: run ids, per-run tokens, API keys, resume ids.
+
+The dependencies are `async def` although nothing in them awaits: FastAPI runs a plain `def` dependency in its thread
+pool, a thread hop (and a GIL hand-over) per dependency per request — a viewer's connect had four. They are
+microseconds of CPU, so they run on the loop (measured in docs/performance.md).
+"""
 
 from __future__ import annotations
 
@@ -18,14 +23,14 @@ def bearer(authorization: str | None) -> str | None:
     return None
 
 
-def valid_run_id(run_id: Annotated[str, Path(max_length=64, description="`run_id` from `POST /v1/runs`")]) -> str:
+async def valid_run_id(run_id: Annotated[str, Path(max_length=64, description="`run_id` from `POST /v1/runs`")]) -> str:
     try:
         return check_run_id(run_id)
     except BadRunId as exc:
         raise HTTPException(400, str(exc)) from None
 
 
-def readable_run(
+async def readable_run(
     run_id: Annotated[str, Depends(valid_run_id)],
     state: Annotated[GatewayState, Depends(get_state)],
     token: Annotated[str | None, Query(max_length=512, description="the run's token")] = None,
@@ -52,7 +57,7 @@ def verify_with_any(secrets: list[bytes], token: str | None, run_id: str) -> Non
     raise mismatch or TokenInvalid("token signature does not match")
 
 
-def require_api_key(
+async def require_api_key(
     state: Annotated[GatewayState, Depends(get_state)],
     authorization: Annotated[
         str | None, Header(description="`Bearer <API key>`, required when RUNCAST_API_KEYS is set")
@@ -102,7 +107,7 @@ def check_chat_access(
         raise HTTPException(exc.status_code, detail, headers={"WWW-Authenticate": "Bearer"}) from None
 
 
-def resume_id(
+async def resume_id(
     request: Request,
     last_event_id: Annotated[str | None, Query(max_length=64, description="resume after this event id")] = None,
 ) -> str | None:
@@ -117,7 +122,7 @@ def resume_id(
     return value
 
 
-def cancellable_run(
+async def cancellable_run(
     run_id: Annotated[str, Depends(valid_run_id)],
     state: Annotated[GatewayState, Depends(get_state)],
     token: Annotated[str | None, Query(max_length=512, description="the run's token, when no API keys are set")] = None,
@@ -127,6 +132,6 @@ def cancellable_run(
 ) -> str:
     """With RUNCAST_API_KEYS set, cancelling needs an API key (like creating); otherwise the run's own token."""
     if state.settings.api_keys:
-        require_api_key(state, authorization)
+        await require_api_key(state, authorization)
         return run_id
-    return readable_run(run_id, state, token, authorization)
+    return await readable_run(run_id, state, token, authorization)

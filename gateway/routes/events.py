@@ -144,8 +144,8 @@ async def run_ws(websocket: WebSocket, run_id: str) -> None:
     state: GatewayState = websocket.app.state.runcast
     await websocket.accept()
     try:
-        valid_run_id(run_id)
-        readable_run(run_id, state, websocket.query_params.get("token"), websocket.headers.get("authorization"))
+        await valid_run_id(run_id)
+        await readable_run(run_id, state, websocket.query_params.get("token"), websocket.headers.get("authorization"))
         requested = await _ws_resume_id(websocket)
         if requested is not None:
             try:
