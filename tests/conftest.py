@@ -17,6 +17,7 @@ from tests.support.faults import start_together
 from tests.support.processes import LIMITED_ENV, GatewayProcess, Process, WorkerProcess
 from tests.support.redis_cluster import LocalCluster, cluster_tools_available
 from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.requirements import ON_CI, require, require_redis_server
 from tests.support.sentinel import SentinelTrio
 from tests.support.stack import Stack, running_stack
 
@@ -41,7 +42,7 @@ def redis_url() -> Iterator[str | None]:
         yield env_url
         return
     if not redis_server_available():
-        if os.environ.get("CI") == "true":
+        if ON_CI:
             pytest.fail("CI=true but redis-server is not installed: .ci/run must install it", pytrace=False)
         sys.stderr.write(_FAKE_NOTICE)
         yield None
@@ -57,7 +58,7 @@ def redis_url() -> Iterator[str | None]:
 def real_redis_url(redis_url: str | None) -> str:
     """For tests that need real processes or a real server: never faked."""
     if redis_url is None:
-        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+        require_redis_server()
     return redis_url
 
 
@@ -107,7 +108,7 @@ def limited_gateway(redis_url: str | None) -> Iterator[GatewayProcess]:
     one per session, shared by the Python and the JavaScript client tests. On its own redis-server: its worker must
     not take other tests' jobs (`gateway.env["RUNCAST_REDIS_URL"]` is that server)."""
     if redis_url is None:
-        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+        require_redis_server()
     server = RedisServer().start()
     gateway, worker = GatewayProcess(server.url, **LIMITED_ENV), WorkerProcess(server.url)
     try:
@@ -122,7 +123,7 @@ def limited_gateway(redis_url: str | None) -> Iterator[GatewayProcess]:
 @pytest.fixture(scope="module")
 def module_redis_url(redis_url: str | None) -> str:
     if redis_url is None:
-        pytest.skip("needs a real redis-server (not installed here; CI installs it)")
+        require_redis_server()
     return redis_url
 
 
@@ -130,10 +131,7 @@ def module_redis_url(redis_url: str | None) -> str:
 def redis_cluster() -> Iterator[LocalCluster]:
     """A real 3-master Redis Cluster (started once per session, only when a test asks). Never faked: skipped off CI
     without redis-server/redis-cli, a failure under CI=true."""
-    if not cluster_tools_available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but redis-server/redis-cli are missing: .ci/run must install them", pytrace=False)
-        pytest.skip("needs redis-server and redis-cli on PATH for a real Redis Cluster")
+    require(cluster_tools_available(), "needs redis-server and redis-cli on PATH for a real Redis Cluster")
     cluster = LocalCluster().start()
     try:
         yield cluster

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.redis_server import redis_server_available
+from tests.support.requirements import require_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = 5
@@ -28,8 +28,7 @@ def has_git_history() -> bool:
 
 @pytest.fixture(scope="module")
 def bench_run() -> tuple[str, dict]:
-    if not redis_server_available():
-        pytest.skip("the benchmark needs a real redis-server (CI installs it)")
+    require_redis_server()
     args = [sys.executable, "-m", "bench.runs", "--runs", "1,4", "--viewers", "1,2", "--single", str(SINGLE)]
     args += ["--tokens", str(TOKENS), "--delay-ms", "5", "--workers", "1", "--capacity-start", "2"]
     args += ["--capacity-max", "2", "--cell-timeout", "60"]

@@ -16,7 +16,7 @@ import pytest
 
 from bench.histogram import Histogram
 from bench.loadgen import LoadRunner, Viewer, entry_int
-from tests.support.redis_server import redis_server_available
+from tests.support.requirements import require_redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWERS = 20
@@ -25,8 +25,7 @@ RUNS = 6  # the many-runs cell: 6 runs x 1 viewer
 
 @pytest.fixture(scope="module")
 def bench_run() -> tuple[str, dict]:
-    if not redis_server_available():
-        pytest.skip("the benchmark needs a real redis-server (CI installs it)")
+    require_redis_server()
     args = [sys.executable, "-m", "bench.fanout", "--mode", "both", "--viewers", str(VIEWERS), "--idle-viewers", "0"]
     args += ["--duration", "1", "--rate", "10", "--burst-deliveries", "1000", "--phase-timeout", "30"]
     args += ["--many-runs", str(RUNS), "--many-rate", "10", "--runs-sweep", "0"]
@@ -135,8 +134,7 @@ async def test_viewer_flags_a_gap_a_duplicate_and_a_missing_terminal_event() -> 
 @pytest.mark.slow
 def test_bench_frameworks_prints_runcast_and_jaf_side_by_side() -> None:
     """`make bench-frameworks` at toy size: both sides run the same jaf-py agent to the end (no timing asserted)."""
-    if not redis_server_available():
-        pytest.skip("the benchmark needs a real redis-server (CI installs it)")
+    require_redis_server()
     args = [sys.executable, "-m", "bench.frameworks", "--runs", "1", "--pause-ms", "1"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"benchmark failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"

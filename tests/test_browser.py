@@ -29,6 +29,7 @@ from runcast.shared.streaming import (
 from runcast.shared.streamlog import StreamLog
 from runcast.shared.tokens import issue_token
 from tests.support.processes import TEST_SECRET, GatewayProcess, WorkerProcess
+from tests.support.requirements import require
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 FLAGS = [
@@ -53,10 +54,10 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[webdriver.Chrome]:
-    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but chromium/chromium-driver are missing: .ci/run must install them", pytrace=False)
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    require(
+        os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER),
+        "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)",
+    )
     os.environ.setdefault("SE_AVOID_STATS", "true")  # selenium must not phone home; we name both binaries
     profile = tempfile.mkdtemp(prefix="runcast-chromium-")
     options = webdriver.ChromeOptions()

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -21,6 +20,7 @@ from tests.support.eventsource import ResumingViewer
 from tests.support.faults import stored_log, wait_until, words
 from tests.support.processes import LIMITED_API_KEY, GatewayProcess
 from tests.support.proxy import SeveringProxy
+from tests.support.requirements import require
 
 SCENARIOS = Path(__file__).parent / "js" / "scenarios.mjs"
 OnRetry = Callable[[dict[str, Any]], Awaitable[None]]
@@ -29,10 +29,8 @@ OnRetry = Callable[[dict[str, Any]], Awaitable[None]]
 @pytest.fixture(scope="module")
 def node() -> str:
     binary = shutil.which("node")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but node is missing: .ci/run must install nodejs", pytrace=False)
-        pytest.skip("needs node (apt-get install nodejs) to run runcast.js outside a browser")
+    require(binary is not None, "needs node (apt-get install nodejs) to run runcast.js outside a browser")
+    assert binary is not None
     return binary
 
 

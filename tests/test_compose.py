@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.requirements import require
+
 ROOT = Path(__file__).resolve().parent.parent
 NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 
@@ -20,10 +22,8 @@ NGINX_CONF = ROOT / "deploy" / "nginx.conf"
 @pytest.fixture(scope="module")
 def compose_bin() -> str:
     binary = shutil.which("docker-compose")
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but docker-compose is missing: .ci/run must install it", pytrace=False)
-        pytest.skip("needs docker-compose (apt-get install -y docker-compose)")
+    require(binary is not None, "needs docker-compose (apt-get install -y docker-compose)")
+    assert binary is not None
     return binary
 
 

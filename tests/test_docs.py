@@ -51,6 +51,7 @@ from tests.support.docs import (
     script_for,
 )
 from tests.support.processes import GatewayProcess, WorkerProcess, start_all
+from tests.support.requirements import require_redis_server
 
 # ---------------------------------------------------------------------------------------------------------- running
 
@@ -82,7 +83,7 @@ class DocSandbox:
     def gateway_url(self) -> str:
         if self.procs is None:
             if self.redis_url is None:
-                pytest.skip("needs a real redis-server for the doc's gateway and worker (CI installs it)")
+                require_redis_server()
             Redis.from_url(self.redis_url).flushdb()
             env = {"RUNCAST_SCRIPTED_DELAY_MS": "5"}
             agents = self.agents_setting()

@@ -19,12 +19,13 @@ from tests.support.faults import (
     words,
 )
 from tests.support.processes import GatewayProcess, WorkerProcess
-from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.redis_server import RedisServer
+from tests.support.requirements import real_redis_server
 from tests.support.sse import create_run, read_sse
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not redis_server_available(), reason="needs a real redis-server (kill/restart)"),
+    real_redis_server,  # kill/restart
 ]
 
 RUNS, VIEWERS_PER_RUN, TOKENS = 5, 10, 100  # 50 viewers; 100 tokens x 20 ms = a 2 s run

@@ -45,13 +45,14 @@ from tests.support.faults import (
     words,
 )
 from tests.support.processes import GatewayProcess, WorkerProcess
-from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.redis_server import RedisServer
+from tests.support.requirements import real_redis_server
 from tests.support.sse import create_run
 from tests.support.store import FailingDisk, FullMemory, full_memory_server
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not redis_server_available(), reason="needs a real redis-server (maxmemory, MISCONF)"),
+    real_redis_server,  # maxmemory, MISCONF
 ]
 
 TOKENS = 60  # 60 tokens x 20 ms: a run streams for ~1.2 s, the fault starts while it does

@@ -25,13 +25,14 @@ from runcast.worker.heartbeat import run_heartbeat
 from runcast.worker.job import run_agent
 from runcast.worker.settings import build_state
 from tests.support.faults import wait_until
-from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.redis_server import RedisServer
+from tests.support.requirements import require_redis_server
 
 
 @pytest.fixture
 async def redis(redis_url: str | None) -> AsyncIterator[Redis]:
     if redis_url is None:
-        pytest.skip("needs a real redis-server")
+        require_redis_server()
     client = redis_from_url(redis_url)
     yield client
     await client.aclose()
@@ -174,8 +175,7 @@ async def test_direct_feed_rides_through_killed_connections_from_its_last_id(
 
 
 async def test_direct_feed_gives_up_after_retry_s_so_the_viewer_can_resume_elsewhere():
-    if not redis_server_available():
-        pytest.skip("needs a real redis-server to stop")
+    require_redis_server()
     server = RedisServer().start()
     client = redis_from_url(server.url)
     try:

@@ -15,11 +15,12 @@ from redis.asyncio import Redis
 
 from runcast.shared.keys import events_key, heartbeat_key, meta_key
 from tests.support.faults import stored_log, words
-from tests.support.redis_server import RedisServer, redis_server_available
+from tests.support.redis_server import RedisServer
+from tests.support.requirements import real_redis_server
 from tests.support.sse import create_run, read_sse
 from tests.support.stack import Stack, running_stack
 
-pytestmark = pytest.mark.skipif(not redis_server_available(), reason="needs a real redis-server")
+pytestmark = real_redis_server
 
 RETENTION_S, MAXLEN = 1, 8
 

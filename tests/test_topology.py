@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ import websockets
 
 from tests.support.nginx import LoadBalancer, nginx_binary
 from tests.support.processes import GatewayProcess, WorkerProcess, start_all
+from tests.support.requirements import require
 from tests.support.sse import TERMINAL, Received, create_run, read_sse
 
 RUNS = 20
@@ -95,10 +95,8 @@ async def test_viewers_hopping_between_gateways_see_exactly_one_uninterrupted_se
 def load_balancer(topology: tuple[list[GatewayProcess], list[WorkerProcess]]) -> Iterator[LoadBalancer]:
     """deploy/nginx.conf, for real, in front of both gateways."""
     binary = nginx_binary()
-    if binary is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI=true but nginx is missing: .ci/run must install it", pytrace=False)
-        pytest.skip("needs nginx (apt-get install -y nginx-light)")
+    require(binary is not None, "needs nginx (apt-get install -y nginx-light)")
+    assert binary is not None
     balancer = LoadBalancer([gateway.port for gateway in topology[0]]).start(binary)
     yield balancer
     balancer.stop()

@@ -16,6 +16,7 @@ from runcast.shared.streamlog import StreamLog
 from runcast.shared.tokens import issue_token
 from tests.support.hub import new_run, publish
 from tests.support.processes import TEST_SECRET
+from tests.support.requirements import require_redis_server
 from tests.support.sse import create_run, read_sse
 from tests.support.stack import Stack
 
@@ -94,7 +95,7 @@ async def test_ws_resume_halves_join_to_one_uninterrupted_read(stack: Stack, htt
 
 async def test_ws_resume_after_trim_sends_a_reset_then_everything_kept(stack: Stack, redis_url: str | None):
     if redis_url is None:
-        pytest.skip("XTRIM on the real redis-server")
+        require_redis_server()  # XTRIM on the real redis-server
     log = StreamLog(stack.redis)
     run_id = await new_run(log)
     sent = await publish(log, run_id, 30)
