@@ -77,6 +77,8 @@ class Viewer:
             else:
                 self.yielded.extend(batch)
                 self.sink.written.append(encode_ids(batch))  # the viewer's own send, in order with the hub's writes
+                # like the SSE response: the next batch only once the connection has drained
+                await eventually(lambda: not self.sink.full, within_s=60, what="the connection to drain")
 
     def direct(self, hub: Hub, run_id: str) -> bool:
         run = hub.runs.get(run_id)
