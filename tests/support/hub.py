@@ -16,6 +16,10 @@ from runcast.shared.streamlog import Entry, Reset, StreamLog
 STREAM_READ_COMMANDS = ("xread", "xrange", "xrevrange")
 
 
+RETRY_FIELD = b"retry: 1000\n"
+"""The SSE `retry:` field the gateway prefixes to a stream's first event frame (never a data-less frame of its own)."""
+
+
 async def new_run(log: StreamLog) -> str:
     run_id = new_run_id()
     await log.create_run(run_id, "echo", "scripted by the test")
